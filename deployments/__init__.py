@@ -1,0 +1,1 @@
+"""Prefect deployments and the model-registry webhook receiver."""

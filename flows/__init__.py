@@ -1,0 +1,1 @@
+"""Flows that chain llmship's stages, and the ``llmship`` command line."""
