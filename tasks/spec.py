@@ -123,6 +123,38 @@ class LocalTarget(_Strict):
     gpu: GPU | None = Field(None, description="plan memory against this GPU even on a CPU host")
 
 
+class KServeKeda(_Strict):
+    """KEDA ScaledObject for Standard mode (the ISVC gets autoscalerClass: external)."""
+
+    enabled: bool = False
+    min_replicas: int = Field(1, ge=0, description="0 renders the scale-to-zero variant")
+    max_replicas: int = Field(4, ge=1)
+    kv_cache_usage_target: float = Field(0.8, gt=0, le=1, description="vllm:kv_cache_usage_perc per replica")
+    waiting_requests_target: float = Field(4, gt=0, description="vllm:num_requests_waiting per replica")
+    cooldown_s: int = Field(300, ge=0, description="idle time before scaling to zero")
+    polling_interval_s: int = Field(15, ge=1)
+
+
+class KServeAlerts(_Strict):
+    """PrometheusRule thresholds."""
+
+    kv_cache_usage_max: float = Field(0.9, gt=0, le=1)
+    e2e_p99_s_max: float = Field(30.0, gt=0)
+    for_duration: str = "5m"
+
+
+class LLMInferenceServiceOptions(_Strict):
+    """Render an LLMInferenceService (llm-d) instead of an InferenceService: for large models."""
+
+    enabled: bool = False
+    replicas: int = Field(1, ge=1, description="decode replicas")
+    prefill_replicas: int = Field(0, ge=0, description="> 0 splits prefill from decode")
+    tensor_parallel: int | None = Field(None, ge=1, description="defaults to engine.args.tensor_parallel_size")
+    data_parallel: int = Field(1, ge=1)
+    data_local_parallel: int = Field(1, ge=1)
+    router: bool = Field(True, description="managed gateway route + endpoint-picker scheduler")
+
+
 class KServeTarget(_Strict):
     kind: Literal["kserve"] = "kserve"
     namespace: str = "default"
@@ -138,6 +170,18 @@ class KServeTarget(_Strict):
     prometheus_url: str | None = Field(None, description="for canary analysis gates")
     kubeconfig: str | None = None
     context: str | None = None
+    kserve_version: str | None = Field(None, description="e.g. 0.20.0; read from the cluster when unset")
+    storage_uri: str | None = Field(None, description="s3:// or pvc:// the predictor loads; the published URI when unset")
+    trtllm_runtime: Literal["trtllm-serve", "triton"] = Field(
+        "trtllm-serve", description="tensorrt-llm engine: OpenAI trtllm-serve, or Triton tensorrtllm backend (legacy engines)"
+    )
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    shm_size: str = Field("8Gi", description="/dev/shm memory volume size")
+    canary_load_test: bool = Field(False, description="run the load profile against the candidate's own URL at each step")
+    keda: KServeKeda = Field(default_factory=KServeKeda)
+    alerts: KServeAlerts = Field(default_factory=KServeAlerts)
+    llm_inference_service: LLMInferenceServiceOptions = Field(default_factory=LLMInferenceServiceOptions)
 
 
 class Storage(_Strict):

@@ -1,0 +1,154 @@
+"""The `llmship` command line. Exit codes: 0 promoted (or unchanged), 1 rolled back or failed, 2 bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flows import cli_build, cli_kserve, cli_loadtest, cli_triggers
+from tasks.errors import EXIT_FAILED, LlmshipError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Take a large language model from a registry to production serving, safely.")
+console = Console()
+
+
+def fail(err: LlmshipError) -> None:
+    typer.echo(err.render(), err=True)
+    raise typer.Exit(err.exit_code)
+
+
+@app.command()
+def validate(spec: Path = typer.Argument(..., help="promotion spec YAML")) -> None:
+    """Check a promotion spec; print every error as field.path: message."""
+    from tasks.spec import load_spec
+
+    try:
+        s = load_spec(spec)
+    except LlmshipError as err:
+        typer.echo(f"{spec}: invalid", err=True)
+        for line in (err.detail or err.message).splitlines():
+            typer.echo(line, err=True)
+        raise typer.Exit(err.exit_code)
+    console.print(f"{spec}: valid ({s.name}, {s.engine.kind} on {s.target.kind})")
+
+
+@app.command()
+def schema() -> None:
+    """Print the promotion spec's JSON schema."""
+    from tasks.spec import PromotionSpec
+
+    print(json.dumps(PromotionSpec.model_json_schema(), indent=2))
+
+
+@app.command("example-model")
+def example_model(out_dir: Path = typer.Argument(..., help="new folder for the tiny model")) -> None:
+    """Write a tiny random Llama with a locally trained tokenizer (nothing from a hub)."""
+    from tasks.example_model import write_example_model
+
+    try:
+        path = write_example_model(out_dir)
+    except LlmshipError as err:
+        fail(err)
+    console.print(f"wrote a tiny Llama to {path}")
+
+
+@app.command()
+def promote(spec: Path = typer.Argument(..., help="promotion spec YAML")) -> None:
+    """Run the whole promotion flow for a spec."""
+    from flows.promote import promote_model
+    from tasks.spec import load_spec
+
+    try:
+        load_spec(spec)  # bad input exits 2 before Prefect starts
+    except LlmshipError as err:
+        fail(err)
+    try:
+        result = promote_model(spec_path=str(spec.resolve()))
+    except LlmshipError as err:
+        fail(err)
+    table = Table(title=f"{result.name}: {result.outcome}")
+    for col in ("stage", "state", "seconds", "decision"):
+        table.add_column(col)
+    for r in result.stages:
+        table.add_row(r.stage, r.state, f"{r.seconds:.1f}", r.note)
+    console.print(table)
+    console.print(f"{result.outcome}: {result.reason} ({result.endpoint})", markup=False)
+
+
+def _store(spec: Path | None, store: str | None) -> str:
+    if store:
+        return store
+    if spec:
+        from tasks.spec import load_spec
+
+        return load_spec(spec).storage.uri
+    return os.environ.get("LLMSHIP_STORE", "./.llmship/store")
+
+
+@app.command()
+def status(
+    spec: Path = typer.Option(None, help="read the store from this spec"),
+    store: str = typer.Option(None, help="the local store folder (default ./.llmship/store or $LLMSHIP_STORE)"),
+) -> None:
+    """Show what serves on the local target."""
+    from tasks.local.server import is_alive
+    from tasks.local.state import list_records
+
+    try:
+        records = list_records(_store(spec, store))
+    except LlmshipError as err:
+        fail(err)
+    if not records:
+        console.print("nothing serves (no state in the store)")
+        return
+    table = Table()
+    for col in ("name", "role", "artifact", "url", "pid", "alive", "since", "source"):
+        table.add_column(col)
+    for role, r in records:
+        table.add_row(r.name, role, r.artifact_digest[:12], r.base_url, str(r.pid), "yes" if is_alive(r.pid) else "NO",
+                      r.since, r.source)
+    console.print(table)
+
+
+@app.command()
+def stop(
+    name: str = typer.Argument(None, help="only this model name"),
+    spec: Path = typer.Option(None, help="read the store from this spec"),
+    store: str = typer.Option(None, help="the local store folder"),
+) -> None:
+    """Stop the local servers (stable and any candidate) and clear their state."""
+    from tasks.local.deploy import stop_all
+
+    try:
+        stopped = stop_all(_store(spec, store), name)
+    except LlmshipError as err:
+        fail(err)
+    for line in stopped:
+        console.print(f"stopped {line}")
+    if not stopped:
+        console.print("nothing was running")
+
+
+for _area in (cli_loadtest, cli_kserve, cli_build, cli_triggers):
+    _area.register(app)
+
+
+def main() -> None:
+    try:
+        app()
+    except LlmshipError as err:  # an area's command that did not catch its own
+        typer.echo(err.render(), err=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_FAILED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Resolve a model reference to an immutable revision, then bring its files onto this worker.
+
+    hf://org/name@rev   huggingface_hub: the revision becomes a commit sha; snapshot_download
+    file:///abs/path    a local folder; its revision is the digest of its content
+    s3://bucket/prefix  boto3 (tasks.storage.s3)
+    models:/name@alias  the MLflow registry (tasks.registry) names one of the above
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tasks.errors import BadInput, StageFailed
+from tasks.storage.manifest import hash_tree
+from tasks.values import LocalModel, ResolvedModel
+
+RESOLVE = "resolve"
+DOWNLOAD = "download"
+# What a servable model folder must hold; weights are checked separately (any of these).
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf", "rank*.engine")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LLMSHIP_CACHE", Path.home() / ".cache" / "llmship"))
+
+
+def hub_endpoint() -> str | None:
+    # Read per call, not at import, so a worker can be pointed at a mirror without a restart.
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def _split_hf(source: str) -> tuple[str, str | None]:
+    ref = source[len("hf://") :]
+    repo, _, rev = ref.partition("@")
+    return repo, rev or None
+
+
+def resolve_source(source: str, s3_endpoint_url: str | None = None) -> ResolvedModel:
+    """Pin a model reference. Cheap: no weights are moved here."""
+    if source.startswith("models:/"):
+        from tasks.registry import resolve as resolve_registry
+
+        version = resolve_registry(source)
+        inner = resolve_source(version.source_uri, s3_endpoint_url)
+        return inner.model_copy(update={"registry_version": str(version.version), "resolved_from": source,
+                                        "source": source})
+    if source.startswith("hf://"):
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+        repo, rev = _split_hf(source)
+        try:
+            info = HfApi(endpoint=hub_endpoint()).model_info(repo, revision=rev)
+        except RevisionNotFoundError:
+            raise BadInput(RESOLVE, source, f"revision {rev!r} not found", "check the commit sha, tag or branch") from None
+        except RepositoryNotFoundError:
+            raise BadInput(RESOLVE, source, "repository not found (or private without a token)",
+                           "check the repo id; set HF_TOKEN for a private repo") from None
+        except HfHubHTTPError as err:
+            raise StageFailed(RESOLVE, source, f"the hub answered {err}", "check HF_ENDPOINT and the network") from None
+        except OSError as err:
+            raise StageFailed(RESOLVE, source, f"cannot reach the hub: {err}", "check HF_ENDPOINT and the network") from None
+        return ResolvedModel(source=source, kind="hf", location=repo, revision=info.sha)
+    if source.startswith("file://"):
+        path = Path(source[len("file://") :])
+        _check_model_folder(path, source)
+        digest, _ = hash_tree(path)
+        return ResolvedModel(source=source, kind="file", location=str(path), revision=digest)
+    if source.startswith("s3://"):
+        return _resolve_s3(source, s3_endpoint_url)
+    raise BadInput(RESOLVE, source, "unknown source scheme", "use hf://, file://, s3:// or models:/")
+
+
+def _resolve_s3(source: str, endpoint_url: str | None) -> ResolvedModel:
+    """Pin an S3 prefix by the (key, size, ETag) of every object under it."""
+    import hashlib
+
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, prefix = source[len("s3://") :].partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    h = hashlib.sha256()
+    count = 0
+    try:
+        pages = boto3.client("s3", endpoint_url=endpoint_url).get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                h.update(f"{obj['Key']}\0{obj['Size']}\0{obj['ETag']}\n".encode())
+                count += 1
+    except ClientError as err:
+        raise BadInput(RESOLVE, source, f"S3 refused the listing: {err.response['Error'].get('Code')}",
+                       "check the bucket name and the credentials' permissions") from None
+    except BotoCoreError as err:
+        raise StageFailed(RESOLVE, source, f"cannot reach S3: {err}", "check the endpoint and the network") from None
+    if count == 0:
+        raise BadInput(RESOLVE, source, "no objects under this prefix", "check the bucket and prefix")
+    return ResolvedModel(source=source, kind="s3", location=source, revision=h.hexdigest())
+
+
+def _check_model_folder(path: Path, obj: str) -> None:
+    if not path.is_dir():
+        raise BadInput(RESOLVE, obj, "model folder not found", "give an existing folder as file:///abs/path")
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise BadInput(RESOLVE, obj, "no config.json in the model folder", "point at a Hugging Face model folder")
+    try:
+        parsed = json.loads(cfg.read_text())
+    except ValueError as err:
+        raise BadInput(RESOLVE, f"{obj}/config.json", f"corrupt config.json: {err}", "restore the file from the source model") from None
+    if not isinstance(parsed, dict) or not (parsed.get("architectures") or parsed.get("model_type")):
+        raise BadInput(RESOLVE, f"{obj}/config.json", "config.json names no architecture or model_type",
+                       "restore the file from the source model")
+    if not any(any(path.glob(p)) for p in WEIGHT_PATTERNS):
+        raise BadInput(RESOLVE, obj, "no weight files (*.safetensors, *.bin) in the model folder", "check the folder")
+
+
+def download(resolved: ResolvedModel, cache_dir: str | None = None, s3_endpoint_url: str | None = None) -> LocalModel:
+    """Bring the pinned files onto this worker and digest them."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if resolved.kind == "file":
+        path = Path(resolved.location)  # used in place: publish copies, so the source is never modified
+    elif resolved.kind == "hf":
+        path = _download_hf(resolved, cache)
+    elif resolved.kind == "s3":
+        from tasks.storage.s3 import download_s3_prefix
+
+        dest = cache / "s3" / resolved.revision[:16]
+        path = Path(download_s3_prefix(resolved.location, str(dest), endpoint_url=s3_endpoint_url))
+    else:
+        raise BadInput(DOWNLOAD, resolved.source, f"cannot download a {resolved.kind} reference", "resolve it first")
+    _check_model_folder(path, resolved.source)
+    digest, _ = hash_tree(path)
+    if resolved.kind == "file" and digest != resolved.revision:
+        raise StageFailed(DOWNLOAD, resolved.source, "the folder changed between resolve and download",
+                          "stop whatever writes into it and re-run")
+    return LocalModel(path=str(path), digest=digest, resolved=resolved)
+
+
+def _download_hf(resolved: ResolvedModel, cache: Path) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        # Pinned to the commit sha, so a branch moving mid-run cannot mix two revisions.
+        # huggingface_hub checks each file's size and sha256 (LFS) or etag as it downloads.
+        path = snapshot_download(repo_id=resolved.location, revision=resolved.revision, cache_dir=str(cache / "hf"),
+                                 endpoint=hub_endpoint())
+    except HfHubHTTPError as err:
+        raise StageFailed(DOWNLOAD, resolved.source, f"download failed: {err}", "check HF_ENDPOINT, HF_TOKEN and disk space") from None
+    except OSError as err:
+        raise StageFailed(DOWNLOAD, resolved.source, f"download failed: {err}", "check the network and disk space") from None
+    return Path(path)

@@ -1,0 +1,157 @@
+"""Prefect wrappers over the plain stage functions.
+
+Expensive stages (download, quantize, build, publish) are cached on the content of their
+inputs with persisted results, so a re-run with the same inputs finishes them as "Cached"
+without doing the work again. A cache key also checks that the output it points at still
+exists, so deleting a store folder can never replay a result whose files are gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import download as download_mod
+from tasks.spec import PromotionSpec
+from tasks.storage.local import artifact_dir, store_root
+from tasks.values import LocalModel, PublishedArtifact, ResolvedModel
+
+CACHE_FOR = timedelta(days=30)
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _missing(path: str | Path) -> str:
+    # Any value that differs from the stored key forces the stage to run again.
+    return "" if Path(path).exists() else f"missing:{path}"
+
+
+# -- resolve: cheap, never cached (a branch may move) -------------------------------------
+@task(name="resolve", cache_policy=NO_CACHE)
+def resolve_task(spec: PromotionSpec) -> ResolvedModel:
+    return download_mod.resolve_source(spec.model.source, spec.storage.s3_endpoint_url)
+
+
+# -- download ------------------------------------------------------------------------------
+def _download_key(context, parameters) -> str:
+    r: ResolvedModel = parameters["resolved"]
+    local_guard = _missing(r.location) if r.kind == "file" else ""
+    return _key("download", r.kind, r.location, r.revision, local_guard)
+
+
+@task(name="download", cache_key_fn=_download_key, persist_result=True, cache_expiration=CACHE_FOR)
+def download_task(resolved: ResolvedModel, spec: PromotionSpec) -> LocalModel:
+    return download_mod.download(resolved, s3_endpoint_url=spec.storage.s3_endpoint_url)
+
+
+# -- publish -------------------------------------------------------------------------------
+def _publish_key(context, parameters) -> str:
+    model: LocalModel = parameters["model"]
+    spec: PromotionSpec = parameters["spec"]
+    guard = ""
+    if "://" not in spec.storage.uri:
+        guard = _missing(artifact_dir(store_root(spec.storage.uri), spec.name, model.digest) / "manifest.json")
+    # The artifact is named by its content; the spec digest in its manifest is the first publisher's.
+    return _key("publish", model.digest, spec.name, spec.storage.model_dump(), guard)
+
+
+@task(name="publish", cache_key_fn=_publish_key, persist_result=True, cache_expiration=CACHE_FOR)
+def publish_task(model: LocalModel, spec: PromotionSpec) -> PublishedArtifact:
+    from tasks.storage.publish import publish
+
+    return publish(model, spec)
+
+
+# -- preflight: the memory plan, before any GPU time --------------------------------------
+@task(name="preflight", cache_policy=NO_CACHE)
+def preflight_task(model: LocalModel, spec: PromotionSpec):
+    from tasks.preflight import enforce_plan, plan_memory, publish_plan_artifact
+
+    plan = plan_memory(model.path, spec)
+    publish_plan_artifact(plan, spec.name)
+    enforce_plan(plan, spec)
+    return plan
+
+
+# -- quantize ------------------------------------------------------------------------------
+def quantized_dir(model: LocalModel, spec: PromotionSpec) -> Path:
+    q = _key("quantize", model.digest, spec.quantization.model_dump(), spec.quant_backend)
+    return download_mod.default_cache_dir() / "quantized" / q[:16]
+
+
+def _quantize_key(context, parameters) -> str:
+    model, spec = parameters["model"], parameters["spec"]
+    out = quantized_dir(model, spec)
+    return _key("quantize", str(out), _missing(out / "config.json"))
+
+
+@task(name="quantize", cache_key_fn=_quantize_key, persist_result=True, cache_expiration=CACHE_FOR)
+def quantize_task(model: LocalModel, spec: PromotionSpec) -> LocalModel:
+    from tasks.quantize import quantize
+    from tasks.storage.manifest import hash_tree
+
+    out = quantized_dir(model, spec)
+    result = quantize(model.path, spec.quantization, str(out))
+    digest, _ = hash_tree(result.path)
+    return LocalModel(path=result.path, digest=digest, resolved=model.resolved)
+
+
+# -- build (TensorRT-LLM) ------------------------------------------------------------------
+def engine_dir(model: LocalModel, spec: PromotionSpec) -> Path:
+    k = _key("build", model.digest, spec.engine.model_dump())
+    return download_mod.default_cache_dir() / "engines" / k[:16]
+
+
+def _build_key(context, parameters) -> str:
+    model, spec = parameters["model"], parameters["spec"]
+    out = engine_dir(model, spec)
+    return _key("build", str(out), _missing(out))
+
+
+@task(name="build", cache_key_fn=_build_key, persist_result=True, cache_expiration=CACHE_FOR)
+def build_task(model: LocalModel, spec: PromotionSpec) -> LocalModel:
+    from tasks.storage.manifest import hash_tree
+    from tasks.trtllm import build_for_spec
+
+    out = build_for_spec(model.path, spec, str(engine_dir(model, spec)))
+    digest, _ = hash_tree(out)
+    return LocalModel(path=str(out), digest=digest, resolved=model.resolved)
+
+
+# -- deploy, warm up, load test, canary: never cached (they act on live servers) ---------
+@task(name="deploy", cache_policy=NO_CACHE)
+def deploy_task(spec: PromotionSpec, artifact: PublishedArtifact, resolved: ResolvedModel):
+    from tasks.local.deploy import deploy_local
+
+    return deploy_local(spec, artifact, resolved)
+
+
+@task(name="warm_up", cache_policy=NO_CACHE)
+def warm_up_task(base_url: str, model_name: str, spec: PromotionSpec, tokenizer: str | None):
+    from tasks.warmup import warm_up
+
+    return warm_up(base_url, model_name, spec.warmup, tokenizer)
+
+
+@task(name="load_test", cache_policy=NO_CACHE)
+def load_test_task(base_url: str, model_name: str, spec: PromotionSpec, tokenizer: str | None):
+    from tasks.loadtest import run_load_test
+    from tasks.loadtest.artifacts import publish_prefect_artifacts
+
+    report = run_load_test(base_url, model_name, spec.load, spec.slo, tokenizer)
+    publish_prefect_artifacts(report, key_prefix=f"{spec.name}-load-test")
+    return report
+
+
+@task(name="canary", cache_policy=NO_CACHE)
+def local_canary_task(spec: PromotionSpec, stable, candidate, tokenizer: str | None):
+    from tasks.canary.local import run_local_canary
+
+    return run_local_canary(spec, stable, candidate, tokenizer)
