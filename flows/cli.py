@@ -60,7 +60,10 @@ def example_model(out_dir: Path = typer.Argument(..., help="new folder for the t
 
 
 @app.command()
-def promote(spec: Path = typer.Argument(..., help="promotion spec YAML")) -> None:
+def promote(
+    spec: Path = typer.Argument(..., help="promotion spec YAML"),
+    json_out: Path = typer.Option(None, help="also write the promotion result (stages, timings) as JSON here"),
+) -> None:
     """Run the whole promotion flow for a spec."""
     from flows.promote import promote_model
     from tasks.spec import load_spec
@@ -72,7 +75,12 @@ def promote(spec: Path = typer.Argument(..., help="promotion spec YAML")) -> Non
     try:
         result = promote_model(spec_path=str(spec.resolve()))
     except LlmshipError as err:
+        failed = getattr(err, "promotion", None)
+        if json_out and failed is not None:
+            json_out.write_text(failed.model_dump_json(indent=2))
         fail(err)
+    if json_out:
+        json_out.write_text(result.model_dump_json(indent=2))
     table = Table(title=f"{result.name}: {result.outcome}")
     for col in ("stage", "state", "seconds", "decision"):
         table.add_column(col)
@@ -146,6 +154,10 @@ def main() -> None:
     except LlmshipError as err:  # an area's command that did not catch its own
         typer.echo(err.render(), err=True)
         sys.exit(err.exit_code)
+    except Exception as err:  # a bug: say so plainly; promotions have already rolled back by now
+        typer.echo(f"[llmship] internal error: {type(err).__name__}: {err}\n  what to do: report it with the "
+                   "flow run's logs", err=True)
+        sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         sys.exit(EXIT_FAILED)
 

@@ -63,6 +63,7 @@ def promote_model(spec_path: str | None = None, spec: dict | None = None) -> Pro
     except LlmshipError as err:
         result.outcome = "rolled_back" if isinstance(err, RolledBack) else "failed"
         result.reason = err.render()
+        err.promotion = result  # the CLI reports the stages of a failed promotion too
         raise
     finally:
         result.stages = stages.records
@@ -72,7 +73,7 @@ def promote_model(spec_path: str | None = None, spec: dict | None = None) -> Pro
 def _promote(spec: PromotionSpec, stages: Stages) -> PromotionResult:
     resolved = stages.run("resolve", resolve_task, spec)
     model = stages.run("download", download_task, resolved, spec)
-    stages.run("preflight", preflight_task, model, spec)
+    stages.run("preflight", preflight_task, model.path, spec)
 
     if spec.quantization.method == "none":
         stages.skip("quantize", "quantization.method is none")

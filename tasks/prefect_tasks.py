@@ -17,6 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import download as download_mod
+from tasks.preflight.prefect import preflight_task  # noqa: F401  (the flow imports every stage from here)
 from tasks.spec import PromotionSpec
 from tasks.storage.local import artifact_dir, store_root
 from tasks.values import LocalModel, PublishedArtifact, ResolvedModel
@@ -68,16 +69,6 @@ def publish_task(model: LocalModel, spec: PromotionSpec) -> PublishedArtifact:
 
     return publish(model, spec)
 
-
-# -- preflight: the memory plan, before any GPU time --------------------------------------
-@task(name="preflight", cache_policy=NO_CACHE)
-def preflight_task(model: LocalModel, spec: PromotionSpec):
-    from tasks.preflight import enforce_plan, plan_memory, publish_plan_artifact
-
-    plan = plan_memory(model.path, spec)
-    publish_plan_artifact(plan, spec.name)
-    enforce_plan(plan, spec)
-    return plan
 
 
 # -- quantize ------------------------------------------------------------------------------

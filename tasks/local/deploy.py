@@ -118,7 +118,7 @@ def roll_back(spec: PromotionSpec, reason: str) -> None:
         server.stop_server(cand.pid)
         clear_record(spec.storage.uri, spec.name, "candidate")
         append_history(spec.storage.uri, spec.name, {"event": "rolled_back", "digest": cand.artifact_digest,
-                                                     "reason": reason})
+                                                     "pid": cand.pid, "reason": reason})
 
 
 def stop_all(store_uri: str, name: str | None = None) -> list[str]:

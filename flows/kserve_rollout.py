@@ -1,0 +1,63 @@
+"""The KServe half of promote_model: deploy -> warm_up -> load_test -> canary on a cluster.
+
+The stages are the same as on the local target; the work is KServe's (tasks/kserve).
+Any failure after the candidate exists rolls it back: stable keeps 100% of traffic.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.errors import RolledBack
+from tasks.prefect_tasks import load_test_task, warm_up_task
+from tasks.values import PromotionResult
+
+
+@task(name="deploy", cache_policy=NO_CACHE)
+def kserve_deploy_task(spec, storage_uri: str, digest: str, registry_version: str | None):
+    from tasks.kserve import deploy_candidate
+
+    return deploy_candidate(spec, storage_uri, digest, registry_version)
+
+
+@task(name="canary", cache_policy=NO_CACHE)
+def kserve_canary_task(spec, rollout):
+    from tasks.kserve import run_canary
+
+    return run_canary(spec, rollout)
+
+
+def promote_on_kserve(spec, stages, resolved, artifact) -> PromotionResult:
+    from tasks.kserve import rollback
+
+    rollout = stages.run("deploy", kserve_deploy_task, spec, artifact.uri, artifact.digest, resolved.registry_version)
+    for note in rollout.notes:
+        stages.note(note)
+    if rollout.strategy == "unchanged":
+        for stage in ("warm_up", "load_test", "canary"):
+            stages.skip(stage, f"unchanged: {artifact.digest[:12]} already serves {rollout.namespace}/{rollout.name}")
+        return PromotionResult(name=spec.name, outcome="unchanged", reason="already serving",
+                               artifact_digest=artifact.digest, endpoint=rollout.candidate_url)
+    try:
+        if rollout.candidate_url:
+            if spec.warmup.enabled:
+                stages.run("warm_up", warm_up_task, rollout.candidate_url, spec.served_name, spec, None)
+            else:
+                stages.skip("warm_up", "warmup.enabled is false")
+            report = stages.run("load_test", load_test_task, rollout.candidate_url, spec.served_name, spec, None)
+            if not report.passed:
+                raise RolledBack("load_test", f"{rollout.namespace}/{rollout.name}",
+                                 "missed its SLO: " + "; ".join(report.violations),
+                                 "the stable model still serves; fix the model or the SLO and re-run")
+        else:
+            reason = "the candidate has no URL this worker can reach; the canary's gates judge it on the cluster"
+            stages.skip("warm_up", reason)
+            stages.skip("load_test", reason)
+        outcome = stages.run("canary", kserve_canary_task, spec, rollout)
+        stages.note(outcome.note or f"steps passed: {outcome.steps}")
+    except BaseException:
+        rollback(spec, rollout)  # idempotent; run_canary has usually done it already
+        raise
+    return PromotionResult(name=spec.name, outcome=outcome.outcome, reason=outcome.note or "candidate serves 100%",
+                           artifact_digest=outcome.serving_digest, endpoint=rollout.candidate_url)
