@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from tasks.errors import LlmshipError, RolledBack
 from tasks.prefect_tasks import (
-    build_task, deploy_task, download_task, load_test_task, local_canary_task, preflight_task,
+    build_task, deploy_task, download_task, load_test_task, local_canary_task, output_exists, preflight_task,
     publish_task, quantize_task, resolve_task, warm_up_task,
 )
 from tasks.spec import PromotionSpec, load_spec, parse_spec
@@ -36,6 +36,9 @@ class Stages:
     def run(self, stage: str, task: Callable, *args: Any) -> Any:
         started = time.monotonic()
         state = task(*args, return_state=True)
+        if state.name == "Cached" and not output_exists(state.result()):
+            self.log.warning("%s: cached result points at files that are gone; running it again", stage)
+            state = task.with_options(refresh_cache=True)(*args, return_state=True)
         seconds = time.monotonic() - started
         self.records.append(StageRecord(stage=stage, state=state.name, seconds=round(seconds, 2)))
         self.log.info("%-10s %-9s %6.1f s", stage, state.name, seconds)
@@ -102,7 +105,7 @@ def _promote_locally(spec, stages: Stages, resolved, artifact) -> PromotionResul
         stages.note(decision.note)
     if decision.unchanged:
         for stage in ("warm_up", "load_test", "canary"):
-            stages.skip(stage, f"unchanged: {decision.note}")
+            stages.skip(stage, "unchanged: this artifact already serves as stable")
         return PromotionResult(name=spec.name, outcome="unchanged", reason=decision.note,
                                artifact_digest=artifact.digest, endpoint=decision.stable.base_url)
 

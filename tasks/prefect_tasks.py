@@ -2,8 +2,8 @@
 
 Expensive stages (download, quantize, build, publish) are cached on the content of their
 inputs with persisted results, so a re-run with the same inputs finishes them as "Cached"
-without doing the work again. A cache key also checks that the output it points at still
-exists, so deleting a store folder can never replay a result whose files are gone.
+without doing the work again. A cached result whose files are gone is not trusted: see
+output_exists, which the flow checks before using one.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import download as download_mod
 from tasks.preflight.prefect import preflight_task  # noqa: F401  (the flow imports every stage from here)
 from tasks.spec import PromotionSpec
-from tasks.storage.local import artifact_dir, store_root
+from tasks.storage.local import store_root
 from tasks.values import LocalModel, PublishedArtifact, ResolvedModel
 
 CACHE_FOR = timedelta(days=30)
@@ -29,9 +29,13 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _missing(path: str | Path) -> str:
-    # Any value that differs from the stored key forces the stage to run again.
-    return "" if Path(path).exists() else f"missing:{path}"
+def output_exists(value: object) -> bool:
+    """Whether the files a stage's result points at are still there (remote ones are trusted)."""
+    if isinstance(value, LocalModel):
+        return Path(value.path).is_dir()
+    if isinstance(value, PublishedArtifact):
+        return value.local_path is None or Path(value.manifest_uri).is_file()
+    return True
 
 
 # -- resolve: cheap, never cached (a branch may move) -------------------------------------
@@ -43,8 +47,7 @@ def resolve_task(spec: PromotionSpec) -> ResolvedModel:
 # -- download ------------------------------------------------------------------------------
 def _download_key(context, parameters) -> str:
     r: ResolvedModel = parameters["resolved"]
-    local_guard = _missing(r.location) if r.kind == "file" else ""
-    return _key("download", r.kind, r.location, r.revision, local_guard)
+    return _key("download", r.kind, r.location, r.revision)
 
 
 @task(name="download", cache_key_fn=_download_key, persist_result=True, cache_expiration=CACHE_FOR)
@@ -56,11 +59,11 @@ def download_task(resolved: ResolvedModel, spec: PromotionSpec) -> LocalModel:
 def _publish_key(context, parameters) -> str:
     model: LocalModel = parameters["model"]
     spec: PromotionSpec = parameters["spec"]
-    guard = ""
+    storage = spec.storage.model_dump()
     if "://" not in spec.storage.uri:
-        guard = _missing(artifact_dir(store_root(spec.storage.uri), spec.name, model.digest) / "manifest.json")
+        storage["uri"] = str(store_root(spec.storage.uri))  # ./store means a different place per cwd
     # The artifact is named by its content; the spec digest in its manifest is the first publisher's.
-    return _key("publish", model.digest, spec.name, spec.storage.model_dump(), guard)
+    return _key("publish", model.digest, spec.name, storage)
 
 
 @task(name="publish", cache_key_fn=_publish_key, persist_result=True, cache_expiration=CACHE_FOR)
@@ -79,8 +82,7 @@ def quantized_dir(model: LocalModel, spec: PromotionSpec) -> Path:
 
 def _quantize_key(context, parameters) -> str:
     model, spec = parameters["model"], parameters["spec"]
-    out = quantized_dir(model, spec)
-    return _key("quantize", str(out), _missing(out / "config.json"))
+    return _key("quantize", str(quantized_dir(model, spec)))
 
 
 @task(name="quantize", cache_key_fn=_quantize_key, persist_result=True, cache_expiration=CACHE_FOR)
@@ -102,8 +104,7 @@ def engine_dir(model: LocalModel, spec: PromotionSpec) -> Path:
 
 def _build_key(context, parameters) -> str:
     model, spec = parameters["model"], parameters["spec"]
-    out = engine_dir(model, spec)
-    return _key("build", str(out), _missing(out))
+    return _key("build", str(engine_dir(model, spec)))
 
 
 @task(name="build", cache_key_fn=_build_key, persist_result=True, cache_expiration=CACHE_FOR)
