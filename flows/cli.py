@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,24 @@ from tasks.errors import EXIT_FAILED, LlmshipError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Take a large language model from a registry to production serving, safely.")
 console = Console()
+
+
+class _NoTracebackForKnownErrors(logging.Filter):
+    """Prefect logs a failed task with its traceback; for llmship's own errors the rendered
+    message (stage, object, what to do) is the whole story, so the traceback is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], LlmshipError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_known_errors() -> None:
+    known = _NoTracebackForKnownErrors()
+    for name in ["prefect", *[n for n in logging.root.manager.loggerDict if n.startswith("prefect")]]:
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(known)
 
 
 def fail(err: LlmshipError) -> None:
@@ -68,6 +87,7 @@ def promote(
     from flows.promote import promote_model
     from tasks.spec import load_spec
 
+    quiet_known_errors()
     try:
         load_spec(spec)  # bad input exits 2 before Prefect starts
     except LlmshipError as err:

@@ -26,6 +26,9 @@ from tasks.spec import PromotionSpec, load_spec, parse_spec
 from tasks.values import PromotionResult, StageRecord
 
 
+STAGES = ("resolve", "download", "preflight", "quantize", "build", "publish", "deploy", "warm_up", "load_test", "canary")
+
+
 class Stages:
     """Runs stages as Prefect tasks and keeps the record the summary is made of."""
 
@@ -48,6 +51,12 @@ class Stages:
         self.records.append(StageRecord(stage=stage, state="Skipped", seconds=0.0, note=reason))
         self.log.info("%-10s Skipped   (%s)", stage, reason)
 
+    def not_reached(self, why: str) -> None:
+        done = {r.stage for r in self.records}
+        for stage in STAGES:
+            if stage not in done:
+                self.records.append(StageRecord(stage=stage, state="NotRun", seconds=0.0, note=why))
+
     def note(self, text: str) -> None:
         if self.records:
             last = self.records[-1]
@@ -66,6 +75,7 @@ def promote_model(spec_path: str | None = None, spec: dict | None = None) -> Pro
     except LlmshipError as err:
         result.outcome = "rolled_back" if isinstance(err, RolledBack) else "failed"
         result.reason = err.render()
+        stages.not_reached(f"stopped after {err.stage} failed")
         err.promotion = result  # the CLI reports the stages of a failed promotion too
         raise
     finally:
