@@ -17,7 +17,8 @@ from typing import Any, Callable
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.errors import LlmshipError, RolledBack
+from tasks.concurrency import promotion_slot, target_key
+from tasks.errors import LlmshipError, RolledBack, StageFailed
 from tasks.prefect_tasks import (
     build_task, deploy_task, download_task, load_test_task, local_canary_task, output_exists, preflight_task,
     publish_task, quantize_task, resolve_task, warm_up_task,
@@ -70,7 +71,8 @@ def promote_model(spec_path: str | None = None, spec: dict | None = None) -> Pro
     stages = Stages()
     result = PromotionResult(name=the_spec.name, outcome="failed")
     try:
-        result = _promote(the_spec, stages)
+        with promotion_slot(the_spec):  # one promotion per serving target; a second waits or is cancelled
+            result = _promote(the_spec, stages)
         return result
     except LlmshipError as err:
         result.outcome = "rolled_back" if isinstance(err, RolledBack) else "failed"
@@ -103,8 +105,23 @@ def _promote(spec: PromotionSpec, stages: Stages) -> PromotionResult:
     if spec.target.kind == "kserve":
         from flows.kserve_rollout import promote_on_kserve
 
-        return promote_on_kserve(spec, stages, resolved, artifact)
-    return _promote_locally(spec, stages, resolved, artifact)
+        result = promote_on_kserve(spec, stages, resolved, artifact)
+    else:
+        result = _promote_locally(spec, stages, resolved, artifact)
+    if result.outcome == "promoted" and resolved.registry_version:
+        _record_in_registry(spec, stages, resolved)
+    return result
+
+
+def _record_in_registry(spec: PromotionSpec, stages: Stages, resolved) -> None:
+    """Tell the registry which version now serves (alias `serving`); the model serves either way."""
+    from tasks.registry import record_promotion
+
+    try:
+        record_promotion(resolved.resolved_from or resolved.source, resolved.registry_version, target_key(spec))
+        stages.note(f"registry: version {resolved.registry_version} marked serving")
+    except StageFailed as err:
+        stages.note(f"registry not updated: {err.message} ({err.hint})")
 
 
 def _promote_locally(spec, stages: Stages, resolved, artifact) -> PromotionResult:

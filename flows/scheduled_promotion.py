@@ -10,13 +10,26 @@ the exact version, through the `promote` deployment (promote_deployment) or in-p
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-from tasks.errors import StageFailed
+from tasks.errors import BadInput, StageFailed
 from tasks.registry.champion import Decision, decide
 from tasks.spec import load_spec, parse_spec
 
 
-@task(name="decide", retries=2, retry_delay_seconds=10)
+def _retry_unless_bad_input(task, task_run, state) -> bool:
+    """Retry a registry or cluster hiccup; a bad spec or missing setting fails at once."""
+    try:
+        state.result()
+    except BadInput:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+# never cached: the registry and the target change between runs
+@task(name="decide", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input, cache_policy=NO_CACHE)
 def decide_task(spec) -> Decision:
     return decide(spec)
 

@@ -252,6 +252,10 @@ class PromotionSpec(_Strict):
     load: LoadProfile = Field(default_factory=lambda: LoadProfile(num_requests=32, concurrency=4))
     slo: SLO = Field(default_factory=SLO)
     canary: Canary = Field(default_factory=Canary)
+    on_busy: Literal["wait", "cancel"] = Field(
+        "wait", description="when another promotion holds this target: wait for it, or cancel this one"
+    )
+    busy_timeout_s: float | None = Field(None, gt=0, description="with on_busy wait: give up after this long")
 
     @field_validator("name")
     @classmethod

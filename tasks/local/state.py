@@ -18,7 +18,7 @@ from tasks.storage.local import store_root
 
 class ServerRecord(BaseModel):
     name: str
-    served_name: str
+    served_name: str = ""  # state files written before this field existed serve under `name`
     artifact_digest: str
     artifact_path: str
     source: str
@@ -29,6 +29,11 @@ class ServerRecord(BaseModel):
     pid: int | None
     log_path: str | None
     since: str
+
+
+    def model_post_init(self, __context) -> None:
+        if not self.served_name:
+            self.served_name = self.name
 
 
 def now_iso() -> str:
