@@ -6,6 +6,7 @@ Any failure after the candidate exists rolls it back: stable keeps 100% of traff
 
 from __future__ import annotations
 
+import httpx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -28,6 +29,14 @@ def kserve_canary_task(spec, rollout):
     return run_canary(spec, rollout)
 
 
+def _reachable(base_url: str) -> bool:
+    # In-cluster service URLs do not resolve outside the cluster: skip, don't fail the candidate.
+    try:
+        return httpx.get(base_url.rstrip("/") + "/health", timeout=3).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def promote_on_kserve(spec, stages, resolved, artifact) -> PromotionResult:
     from tasks.kserve import rollback
 
@@ -40,7 +49,7 @@ def promote_on_kserve(spec, stages, resolved, artifact) -> PromotionResult:
         return PromotionResult(name=spec.name, outcome="unchanged", reason="already serving",
                                artifact_digest=artifact.digest, endpoint=rollout.candidate_url)
     try:
-        if rollout.candidate_url:
+        if rollout.candidate_url and _reachable(rollout.candidate_url):
             if spec.warmup.enabled:
                 stages.run("warm_up", warm_up_task, rollout.candidate_url, spec.served_name, spec, None)
             else:
@@ -51,7 +60,8 @@ def promote_on_kserve(spec, stages, resolved, artifact) -> PromotionResult:
                                  "missed its SLO: " + "; ".join(report.violations),
                                  "the stable model still serves; fix the model or the SLO and re-run")
         else:
-            reason = "the candidate has no URL this worker can reach; the canary's gates judge it on the cluster"
+            reason = (f"the candidate URL {rollout.candidate_url or '(none)'} does not answer from this worker; "
+                      "the canary's gates judge it on the cluster")
             stages.skip("warm_up", reason)
             stages.skip("load_test", reason)
         outcome = stages.run("canary", kserve_canary_task, spec, rollout)
