@@ -18,7 +18,7 @@ class LoadProfile(_Strict):
     """How requests are sent. Bounded by duration or by request count (or both)."""
 
     endpoint: Literal["completions", "chat"] = "completions"
-    mode: Literal["concurrency", "rate", "poisson"] = "concurrency"
+    mode: Literal["concurrency", "rate", "poisson", "sweep"] = "concurrency"
     concurrency: int = Field(4, ge=1, le=100_000, description="in-flight requests (mode: concurrency; a cap otherwise)")
     rate: float | None = Field(None, gt=0, description="requests per second (modes: rate, poisson)")
     burstiness: float = Field(1.0, gt=0, description="gamma shape for poisson arrivals; 1.0 is Poisson")
@@ -31,11 +31,15 @@ class LoadProfile(_Strict):
     dataset: str | None = Field(None, description="JSONL file of prompts instead of synthetic ones")
     seed: int = 0
     request_timeout_s: float = Field(60.0, gt=0)
+    ignore_eos: bool = Field(True, description="ask the server for exactly output_tokens tokens (vLLM extension)")
+    sweep_steps: int = Field(6, ge=2, le=50, description="mode sweep: points from synchronous to max throughput")
+    sweep_refine: int = Field(2, ge=0, le=10, description="mode sweep: bisection steps between the last passing and first failing rate")
 
     @model_validator(mode="after")
     def _bounded(self) -> "LoadProfile":
         if self.num_requests is None and self.duration_s is None:
             raise ValueError("bound the run: set num_requests or duration_s")
+        # in a sweep, rate (when set) is the least rate the SLO must hold at
         if self.mode in ("rate", "poisson") and self.rate is None:
             raise ValueError(f"mode {self.mode!r} needs a rate (requests per second)")
         return self
