@@ -18,11 +18,12 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from tasks.preflight import MemoryPlan, plan_memory, require_fit
-from tasks.preflight.prefect import publish_plan_artifact
+from tasks.preflight import MemoryPlan
+from tasks.preflight.prefect import preflight_task
 from tasks.quantize import QuantizedModel, quantize
 from tasks.spec import PromotionSpec
 from tasks.storage.manifest import Lineage, hash_tree
+from tasks.storage.publish import publish_folder
 from tasks.trtllm import TrtllmArtifact, build_engine, quantizes_in_build
 from tasks.values import PublishedArtifact
 
@@ -47,31 +48,9 @@ def fetch_model(model_uri: str, spec: PromotionSpec, work: Path) -> Path:
     return Path(model_uri.removeprefix("file://"))
 
 
-def publish_folder(folder: Path, spec: PromotionSpec, lineage: Lineage) -> PublishedArtifact:
-    uri = spec.storage.uri
-    if uri.startswith("s3://"):
-        from tasks.storage.s3 import publish_s3
-
-        return publish_s3(str(folder), uri, spec.name, spec.digest(), lineage, endpoint_url=spec.storage.s3_endpoint_url)
-    if uri.startswith("pvc://"):
-        from tasks.storage.pvc import publish_pvc
-
-        return publish_pvc(str(folder), uri, spec.name, spec.digest(), lineage, spec.storage.pvc_mount_root)
-    from tasks.storage.local import publish_local
-
-    return publish_local(str(folder), uri, spec.name, spec.digest(), lineage)
-
-
 @task(name="fetch-model", cache_policy=NO_CACHE)
 def fetch_model_task(model_uri: str, spec: PromotionSpec, work: Path) -> Path:
     return fetch_model(model_uri, spec, work)
-
-
-@task(name="preflight", cache_policy=NO_CACHE)
-def plan_task(model_dir: Path, spec: PromotionSpec) -> MemoryPlan:
-    plan = plan_memory(str(model_dir), spec)
-    publish_plan_artifact(plan, key=f"memory-plan-{spec.name}")
-    return require_fit(plan, obj=spec.name)
 
 
 @task(name="quantize", cache_policy=NO_CACHE)
@@ -98,7 +77,7 @@ def build_engine_flow(spec: dict, model_uri: str, source: str = "", revision: st
     work.mkdir(parents=True, exist_ok=True)
     model_dir = fetch_model_task(model_uri, the_spec, work)
     model_digest, _ = hash_tree(model_dir)
-    plan = plan_task(model_dir, the_spec)
+    plan = preflight_task(str(model_dir), the_spec)
 
     q = the_spec.quantization
     quantized = None

@@ -24,6 +24,7 @@ from tasks.prefect_tasks import (
     publish_task, quantize_task, resolve_task, warm_up_task,
 )
 from tasks.spec import PromotionSpec, load_spec, parse_spec
+from tasks.trtllm import quantizes_in_build
 from tasks.values import PromotionResult, StageRecord
 
 
@@ -92,6 +93,8 @@ def _promote(spec: PromotionSpec, stages: Stages) -> PromotionResult:
 
     if spec.quantization.method == "none":
         stages.skip("quantize", "quantization.method is none")
+    elif quantizes_in_build(spec):
+        stages.skip("quantize", "the TensorRT-LLM engine path quantizes inside its checkpoint step (build)")
     else:
         model = stages.run("quantize", quantize_task, model, spec)
 

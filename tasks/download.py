@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -75,29 +76,12 @@ def resolve_source(source: str, s3_endpoint_url: str | None = None) -> ResolvedM
 
 def _resolve_s3(source: str, endpoint_url: str | None) -> ResolvedModel:
     """Pin an S3 prefix by the (key, size, ETag) of every object under it."""
-    import hashlib
+    from tasks.storage.s3 import s3_prefix_revision
 
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, _, prefix = source[len("s3://") :].partition("/")
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
-    h = hashlib.sha256()
-    count = 0
-    try:
-        pages = boto3.client("s3", endpoint_url=endpoint_url).get_paginator("list_objects_v2")
-        for page in pages.paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                h.update(f"{obj['Key']}\0{obj['Size']}\0{obj['ETag']}\n".encode())
-                count += 1
-    except ClientError as err:
-        raise BadInput(RESOLVE, source, f"S3 refused the listing: {err.response['Error'].get('Code')}",
-                       "check the bucket name and the credentials' permissions") from None
-    except BotoCoreError as err:
-        raise StageFailed(RESOLVE, source, f"cannot reach S3: {err}", "check the endpoint and the network") from None
-    if count == 0:
+    revision = s3_prefix_revision(source, endpoint_url=endpoint_url)
+    if revision == hashlib.sha256().hexdigest():
         raise BadInput(RESOLVE, source, "no objects under this prefix", "check the bucket and prefix")
-    return ResolvedModel(source=source, kind="s3", location=source, revision=h.hexdigest())
+    return ResolvedModel(source=source, kind="s3", location=source, revision=revision)
 
 
 def _check_model_folder(path: Path, obj: str) -> None:

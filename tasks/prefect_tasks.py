@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -88,10 +89,14 @@ def _quantize_key(context, parameters) -> str:
 @task(name="quantize", cache_key_fn=_quantize_key, persist_result=True, cache_expiration=CACHE_FOR)
 def quantize_task(model: LocalModel, spec: PromotionSpec) -> LocalModel:
     from tasks.quantize import quantize
+    from tasks.quantize.prefect import publish_gate_artifact
     from tasks.storage.manifest import hash_tree
 
     out = quantized_dir(model, spec)
-    result = quantize(model.path, spec.quantization, str(out))
+    if out.exists():
+        shutil.rmtree(out)  # a result Prefect no longer remembers, or a half-written one: redo it
+    result = quantize(model.path, spec.quantization, str(out), backend=spec.quant_backend)
+    publish_gate_artifact(result, spec.name)
     digest, _ = hash_tree(result.path)
     return LocalModel(path=result.path, digest=digest, resolved=model.resolved)
 

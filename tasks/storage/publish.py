@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from tasks.spec import PromotionSpec
 from tasks.storage.manifest import Lineage
@@ -27,16 +28,20 @@ def lineage_for(model: LocalModel, spec: PromotionSpec) -> Lineage:
 
 
 def publish(model: LocalModel, spec: PromotionSpec) -> PublishedArtifact:
+    return publish_folder(model.path, spec, lineage_for(model, spec))
+
+
+def publish_folder(folder: str | Path, spec: PromotionSpec, lineage: Lineage) -> PublishedArtifact:
+    """Publish a folder into the store the spec names, picked by the URI's scheme."""
     uri = spec.storage.uri
-    lineage = lineage_for(model, spec)
     if uri.startswith("s3://"):
         from tasks.storage.s3 import publish_s3
 
-        return publish_s3(model.path, uri, spec.name, spec.digest(), lineage, endpoint_url=spec.storage.s3_endpoint_url)
+        return publish_s3(str(folder), uri, spec.name, spec.digest(), lineage, endpoint_url=spec.storage.s3_endpoint_url)
     if uri.startswith("pvc://"):
         from tasks.storage.pvc import publish_pvc
 
-        return publish_pvc(model.path, uri, spec.name, spec.digest(), lineage, mount_root=spec.storage.pvc_mount_root)
+        return publish_pvc(str(folder), uri, spec.name, spec.digest(), lineage, mount_root=spec.storage.pvc_mount_root)
     from tasks.storage.local import publish_local
 
-    return publish_local(model.path, uri, spec.name, spec.digest(), lineage)
+    return publish_local(str(folder), uri, spec.name, spec.digest(), lineage)
