@@ -7,26 +7,9 @@ Any failure after the candidate exists rolls it back: stable keeps 100% of traff
 from __future__ import annotations
 
 import httpx
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from tasks.errors import RolledBack
-from tasks.prefect_tasks import load_test_task, warm_up_task
+from tasks.prefect_tasks import kserve_canary_task, kserve_deploy_task
 from tasks.values import PromotionResult
-
-
-@task(name="deploy", cache_policy=NO_CACHE)
-def kserve_deploy_task(spec, storage_uri: str, digest: str, registry_version: str | None):
-    from tasks.kserve import deploy_candidate
-
-    return deploy_candidate(spec, storage_uri, digest, registry_version)
-
-
-@task(name="canary", cache_policy=NO_CACHE)
-def kserve_canary_task(spec, rollout):
-    from tasks.kserve import run_canary
-
-    return run_canary(spec, rollout)
 
 
 def _reachable(base_url: str) -> bool:
@@ -38,6 +21,7 @@ def _reachable(base_url: str) -> bool:
 
 
 def promote_on_kserve(spec, stages, resolved, artifact) -> PromotionResult:
+    from flows.promote import warm_up_and_load_test  # flows.promote imports this module lazily
     from tasks.kserve import rollback
 
     rollout = stages.run("deploy", kserve_deploy_task, spec, artifact.uri, artifact.digest, resolved.registry_version)
@@ -50,15 +34,8 @@ def promote_on_kserve(spec, stages, resolved, artifact) -> PromotionResult:
                                artifact_digest=artifact.digest, endpoint=rollout.candidate_url)
     try:
         if rollout.candidate_url and _reachable(rollout.candidate_url):
-            if spec.warmup.enabled:
-                stages.run("warm_up", warm_up_task, rollout.candidate_url, spec.served_name, spec, None)
-            else:
-                stages.skip("warm_up", "warmup.enabled is false")
-            report = stages.run("load_test", load_test_task, rollout.candidate_url, spec.served_name, spec, None)
-            if not report.passed:
-                raise RolledBack("load_test", f"{rollout.namespace}/{rollout.name}",
-                                 "missed its SLO: " + "; ".join(report.violations),
-                                 "the stable model still serves; fix the model or the SLO and re-run")
+            warm_up_and_load_test(spec, stages, rollout.candidate_url, spec.served_name, None,
+                                  f"{rollout.namespace}/{rollout.name}")
         else:
             reason = (f"the candidate URL {rollout.candidate_url or '(none)'} does not answer from this worker; "
                       "the canary's gates judge it on the cluster")

@@ -127,6 +127,19 @@ def _record_in_registry(spec: PromotionSpec, stages: Stages, resolved) -> None:
         stages.note(f"registry not updated: {err.message} ({err.hint})")
 
 
+def warm_up_and_load_test(spec: PromotionSpec, stages: Stages, base_url: str, model_name: str,
+                          tokenizer: str | None, obj: str) -> None:
+    """Warm the candidate up, then load-test it against the SLOs; RolledBack if it misses them."""
+    if spec.warmup.enabled:
+        stages.run("warm_up", warm_up_task, base_url, model_name, spec, tokenizer)
+    else:
+        stages.skip("warm_up", "warmup.enabled is false")
+    report = stages.run("load_test", load_test_task, base_url, model_name, spec, tokenizer)
+    if not report.passed:
+        raise RolledBack("load_test", obj, "missed its SLO: " + "; ".join(report.violations),
+                         "the stable model still serves; fix the model or the SLO and re-run")
+
+
 def _promote_locally(spec, stages: Stages, resolved, artifact) -> PromotionResult:
     from tasks.local.deploy import promote_candidate, roll_back
 
@@ -142,15 +155,8 @@ def _promote_locally(spec, stages: Stages, resolved, artifact) -> PromotionResul
     candidate = decision.candidate
     tokenizer = artifact.local_path
     try:
-        if spec.warmup.enabled:
-            stages.run("warm_up", warm_up_task, candidate.base_url, candidate.name, spec, tokenizer)
-        else:
-            stages.skip("warm_up", "warmup.enabled is false")
-
-        report = stages.run("load_test", load_test_task, candidate.base_url, candidate.name, spec, tokenizer)
-        if not report.passed:
-            raise RolledBack("load_test", f"candidate {artifact.digest[:12]}", "missed its SLO: " + "; ".join(report.violations),
-                             "the stable model still serves; fix the model or the SLO and re-run")
+        warm_up_and_load_test(spec, stages, candidate.base_url, candidate.name, tokenizer,
+                              f"candidate {artifact.digest[:12]}")
 
         if decision.stable is None:
             stages.skip("canary", "no stable model serves yet: the candidate becomes stable after its load test")

@@ -152,3 +152,18 @@ def local_canary_task(spec: PromotionSpec, stable, candidate, tokenizer: str | N
     from tasks.canary.local import run_local_canary
 
     return run_local_canary(spec, stable, candidate, tokenizer)
+
+
+# -- the KServe target's deploy and canary (tasks.kserve) ----------------------------------
+@task(name="deploy", cache_policy=NO_CACHE)
+def kserve_deploy_task(spec, storage_uri: str, digest: str, registry_version: str | None):
+    from tasks.kserve import deploy_candidate
+
+    return deploy_candidate(spec, storage_uri, digest, registry_version)
+
+
+@task(name="canary", cache_policy=NO_CACHE)
+def kserve_canary_task(spec, rollout):
+    from tasks.kserve import run_canary
+
+    return run_canary(spec, rollout)

@@ -52,21 +52,25 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
+def serve(cmd: list[str], health_url: str, log: Path, timeout_s: float = 90, **popen) -> Iterator[subprocess.Popen]:
+    """Start a server process in its own session, wait until health_url answers, stop it after."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+    try:
+        wait_http(health_url, timeout_s, proc, log)
+        yield proc
+    finally:
+        stop(proc)
+
+
+@contextmanager
 def prefect_server(home: Path) -> Iterator[str]:
     """A real `prefect server start` on SQLite in its own PREFECT_HOME."""
     port = free_port()
-    home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_SERVER_UI_ENABLED": "false", "PREFECT_API_URL": ""}
-    log = home / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
     url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_http(url + "/health", 90, proc, log)
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with serve(cmd, url + "/health", home / "server.log", env=env):
         yield url
-    finally:
-        stop(proc)

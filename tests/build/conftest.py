@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port, stop, wait_http
+from tests.servers import free_port, serve
 
 QUANT_PY = os.environ.get("LLMSHIP_QUANT_PYTHON") or str(Path(__file__).resolve().parents[2] / ".venv-quant/bin/python")
 
@@ -60,16 +60,10 @@ def trained_tiny(tiny_model, tmp_path_factory) -> Path:
 def s3_endpoint(tmp_path_factory) -> str:
     """moto's S3 server (real HTTP S3 API) on a free loopback port."""
     port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/moto-api/", 60, proc, log)
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with serve(cmd, url + "/moto-api/", tmp_path_factory.mktemp("moto") / "moto.log", timeout_s=60):
         yield url
-    finally:
-        stop(proc)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from typing import Callable
 import httpx
 import pytest
 
-from tests.servers import free_port, stop, wait_http
+from tests.servers import free_port, serve, stop, wait_http
 
 REPO = Path(__file__).resolve().parents[2]
 MLFLOW_SECRET = "test-mlflow-webhook-secret"
@@ -60,19 +60,11 @@ def mlflow_server(tmp_path_factory) -> str:
         MLFLOW_WEBHOOK_REQUEST_MAX_RETRIES="1",
     )
     env.pop("MLFLOW_TRACKING_URI", None)
-    log = home / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{home}/mlflow.db",
-             "--artifacts-destination", str(home / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=home,
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/health", 90, proc, log)
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{home}/mlflow.db",
+           "--artifacts-destination", str(home / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with serve(cmd, url + "/health", home / "server.log", env=env, cwd=home):
         yield url
-    finally:
-        stop(proc)
 
 
 @pytest.fixture
