@@ -39,6 +39,7 @@ def promote(spec: Path, out: Path, env: dict) -> tuple[float, dict]:
 
 
 def main() -> None:
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     work = Path(tempfile.mkdtemp(prefix="llmship-bench-"))
     from tasks.example_model import write_example_model
 
@@ -48,8 +49,9 @@ def main() -> None:
     spec["storage"]["uri"] = str(work / "store")
     spec_path = work / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
+    # Cold means cold: vLLM's compile cache (~/.cache/vllm) starts empty too.
     env = {**os.environ, "LLMSHIP_CACHE": str(work / "cache"), "PREFECT_HOME": str(work / "prefect-client"),
-           "PREFECT_LOGGING_LEVEL": "WARNING"}
+           "PREFECT_LOGGING_LEVEL": "WARNING", "VLLM_CACHE_ROOT": str(work / "vllm-cache")}
     with prefect_server(work / "prefect-server") as api_url:
         env["PREFECT_API_URL"] = api_url
         try:
@@ -62,7 +64,8 @@ def main() -> None:
     print(f"{'stage':<10} {'cold s':>8} {'state':<10} {'no-op s':>8} {'state':<10}")
     for i, stage in enumerate(stages):
         c, n = runs["cold"][1]["stages"][i], runs["no-op"][1]["stages"][i]
-        print(f"{stage:<10} {c['seconds']:>8.1f} {c['state']:<10} {n['seconds']:>8.1f} {n['state']:<10}")
+        print(f"{stage:<10} {c['seconds']:>8.2f} {c['state']:<10} {n['seconds']:>8.2f} {n['state']:<10}")
+    print(f"load average before: {load_before}")
     for label, (seconds, result) in runs.items():
         verdict = "meets" if seconds <= TARGETS[label] else "MISSES"
         print(f"{label:<6} total {seconds:6.1f} s  outcome {result['outcome']:<9}  target <= {TARGETS[label]:.0f} s: {verdict}"
