@@ -17,7 +17,8 @@ from tasks.errors import EXIT_FAILED, LlmshipError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Take a large language model from a registry to production serving, safely.")
-console = Console()
+# Piped output (CI logs, `| less`) gets wide tables instead of truncated cells.
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 class _NoTracebackForKnownErrors(logging.Filter):
