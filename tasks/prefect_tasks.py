@@ -13,6 +13,7 @@ import json
 import shutil
 from datetime import timedelta
 from pathlib import Path
+from typing import Callable
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -75,18 +76,28 @@ def publish_task(model: LocalModel, spec: PromotionSpec) -> PublishedArtifact:
 
 
 
-# -- quantize ------------------------------------------------------------------------------
+# -- quantize and build: each writes into a folder named by the content of its inputs ----
+def _output_dir(kind: str, model: LocalModel, settings: object) -> Path:
+    return download_mod.default_cache_dir() / kind / _key(kind, model.digest, settings)[:16]
+
+
 def quantized_dir(model: LocalModel, spec: PromotionSpec) -> Path:
-    q = _key("quantize", model.digest, spec.quantization.model_dump(), spec.quant_backend)
-    return download_mod.default_cache_dir() / "quantized" / q[:16]
+    return _output_dir("quantized", model, [spec.quantization.model_dump(), spec.quant_backend])
 
 
-def _quantize_key(context, parameters) -> str:
-    model, spec = parameters["model"], parameters["spec"]
-    return _key("quantize", str(quantized_dir(model, spec)))
+def engine_dir(model: LocalModel, spec: PromotionSpec) -> Path:
+    # The engine path may quantize inside its checkpoint step, so quantization is an input too.
+    return _output_dir("engines", model, [spec.engine.model_dump(), spec.quantization.model_dump()])
 
 
-@task(name="quantize", cache_key_fn=_quantize_key, persist_result=True, cache_expiration=CACHE_FOR)
+def _keyed_by(output_dir: Callable[[LocalModel, PromotionSpec], Path]) -> Callable:
+    def cache_key(context, parameters) -> str:
+        return _key(str(output_dir(parameters["model"], parameters["spec"])))
+
+    return cache_key
+
+
+@task(name="quantize", cache_key_fn=_keyed_by(quantized_dir), persist_result=True, cache_expiration=CACHE_FOR)
 def quantize_task(model: LocalModel, spec: PromotionSpec) -> LocalModel:
     from tasks.quantize import quantize
     from tasks.quantize.prefect import publish_gate_artifact
@@ -101,18 +112,7 @@ def quantize_task(model: LocalModel, spec: PromotionSpec) -> LocalModel:
     return LocalModel(path=result.path, digest=digest, resolved=model.resolved)
 
 
-# -- build (TensorRT-LLM) ------------------------------------------------------------------
-def engine_dir(model: LocalModel, spec: PromotionSpec) -> Path:
-    k = _key("build", model.digest, spec.engine.model_dump())
-    return download_mod.default_cache_dir() / "engines" / k[:16]
-
-
-def _build_key(context, parameters) -> str:
-    model, spec = parameters["model"], parameters["spec"]
-    return _key("build", str(engine_dir(model, spec)))
-
-
-@task(name="build", cache_key_fn=_build_key, persist_result=True, cache_expiration=CACHE_FOR)
+@task(name="build", cache_key_fn=_keyed_by(engine_dir), persist_result=True, cache_expiration=CACHE_FOR)
 def build_task(model: LocalModel, spec: PromotionSpec) -> LocalModel:
     from tasks.storage.manifest import hash_tree
     from tasks.trtllm import build_for_spec

@@ -30,6 +30,12 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+    import sys
+
+    if "prefect.logging.handlers" in sys.modules:  # send the last run logs before the server stops
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
     _stack.close()
 
 

@@ -294,15 +294,8 @@ class Conn(asyncio.Protocol):
         self.on_done(self, req)
 
     def _fail(self, reason: str, detail: str = "") -> None:
-        req = self.req
-        self.req = None
-        self.state = _IDLE
-        self.alive = False
-        req.error = reason
+        req = self.abort_request(reason)
         req.error_detail = detail
-        req.t_done = _now()
-        if self.transport is not None:
-            self.transport.abort()
         self.on_done(self, req)
 
     def abort_request(self, reason: str) -> Req | None:
