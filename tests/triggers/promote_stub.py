@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import time
+from pathlib import Path
 
 from prefect import flow
 from prefect.runtime import flow_run
@@ -38,6 +39,11 @@ def test_promote(spec_path: str | None = None, spec: dict | None = None) -> dict
             rec["registry_version"] = version = rv.version
             rec["source_uri"] = rv.source_uri
         time.sleep(float(os.environ.get("LLMSHIP_TEST_HOLD_S", "0")))
+        # A test can keep the slot held until it has seen a second promotion wait for it.
+        hold = Path(os.environ["LLMSHIP_TEST_RECORDS"] + f".hold-{s.name}")
+        deadline = time.monotonic() + 120
+        while hold.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
         if s.target.kind == "local" and s.storage.uri != "./.llmship/store":
             from tasks.local.state import ServerRecord, now_iso, write_record
 
@@ -46,11 +52,7 @@ def test_promote(spec_path: str | None = None, spec: dict | None = None) -> dict
                 source=s.model.source, revision=version or s.model.source.rpartition("@")[2], registry_version=version,
                 spec_digest=s.digest(), base_url="http://127.0.0.1:1", pid=None, log_path=None, since=now_iso(),
             )
-            # the state record grows with the local target; fill any newer required field plainly
-            for field, info in ServerRecord.model_fields.items():
-                if field not in values and info.is_required():
-                    values[field] = "" if info.annotation is str else None
-            write_record(s.storage.uri, ServerRecord(**{k: v for k, v in values.items() if k in ServerRecord.model_fields}))
+            write_record(s.storage.uri, ServerRecord(**values))
         if version is not None:
             record_promotion(s.model.source, version, target_key(s))  # as promote_model calls it
         rec["end"] = time.time()

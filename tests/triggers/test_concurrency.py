@@ -27,13 +27,29 @@ def _logs(prefect_api: str, run_id: str, timeout_s: float = 20, contains: str = 
         time.sleep(0.5)
 
 
+def _wait_for_log(prefect_api: str, text: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = httpx.post(f"{prefect_api}/logs/filter", json={"limit": 200, "sort": "TIMESTAMP_DESC"})
+        if any(text in x["message"] for x in r.json()):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no log line {text!r} within {timeout_s} s")
+
+
 def test_two_triggers_for_one_target_promote_one_at_a_time(tracking, receiver, stub_runner, records, prefect_api, tmp_path):
     write_spec(receiver.specs, "contended", "models:/contended@champion")
     v1 = register_version(tracking, "contended", tmp_path, "one")
     v2 = register_version(tracking, "contended", tmp_path, "two")
-    for v in (v1, v2):  # two alias moves in quick succession: two deliveries, two runs
-        body = mlflow_body("model_version_alias.created", {"name": "contended", "alias": "champion", "version": v})
-        assert receiver.post_mlflow(body).status_code == 202
+    hold = Path(f"{records}.hold-contended")  # the first promotion keeps the slot until the second waits
+    hold.touch()
+    try:
+        for v in (v1, v2):  # two alias moves in quick succession: two deliveries, two runs
+            body = mlflow_body("model_version_alias.created", {"name": "contended", "alias": "champion", "version": v})
+            assert receiver.post_mlflow(body).status_code == 202
+        _wait_for_log(prefect_api, f"promotion slot {limit_name('local:contended')} is busy")
+    finally:
+        hold.unlink(missing_ok=True)
 
     recs = sorted(wait_records(records, lambda r: r["name"] == "contended", n=2), key=lambda r: r["start"])
     first, second = recs
