@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from tasks.errors import BadInput, StageFailed
+from tasks.registry.hf_hub import split_hf
 from tasks.storage.manifest import hash_tree
 from tasks.values import LocalModel, ResolvedModel
 
@@ -32,12 +33,6 @@ def hub_endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
-def _split_hf(source: str) -> tuple[str, str | None]:
-    ref = source[len("hf://") :]
-    repo, _, rev = ref.partition("@")
-    return repo, rev or None
-
-
 def resolve_source(source: str, s3_endpoint_url: str | None = None) -> ResolvedModel:
     """Pin a model reference. Cheap: no weights are moved here."""
     if source.startswith("models:/"):
@@ -51,7 +46,7 @@ def resolve_source(source: str, s3_endpoint_url: str | None = None) -> ResolvedM
         from huggingface_hub import HfApi
         from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-        repo, rev = _split_hf(source)
+        repo, rev = split_hf(source)
         try:
             info = HfApi(endpoint=hub_endpoint()).model_info(repo, revision=rev)
         except RevisionNotFoundError:

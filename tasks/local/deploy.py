@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from tasks.errors import StageFailed
 from tasks.local import server
 from tasks.local.state import (
-    ServerRecord, append_history, clear_record, now_iso, read_record, write_record,
+    ServerRecord, append_history, clear_record, list_records, now_iso, read_record, write_record,
 )
 from tasks.spec import PromotionSpec
 from tasks.storage.local import store_root
@@ -81,7 +81,7 @@ def deploy_local(spec: PromotionSpec, artifact: PublishedArtifact, resolved: Res
                           note="; ".join(notes))
 
 
-def _candidate_port(spec: PromotionSpec) -> int | None:
+def _candidate_port(spec: PromotionSpec) -> int:
     # A fixed target.port belongs to whichever server is stable; the candidate beside it takes a free one.
     return server.free_port(spec.target.host)
 
@@ -123,8 +123,6 @@ def roll_back(spec: PromotionSpec, reason: str) -> None:
 
 def stop_all(store_uri: str, name: str | None = None) -> list[str]:
     """Stop every local server the store knows of (or those of one name); what was stopped."""
-    from tasks.local.state import list_records
-
     stopped = []
     for role, rec in list_records(store_uri):
         if name and rec.name != name:

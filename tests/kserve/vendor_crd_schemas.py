@@ -15,8 +15,11 @@ from pathlib import Path
 
 import yaml
 
-DEFAULT_SRC = Path("/work/shared/kserve-crds")
-OUT = Path(__file__).resolve().parents[2] / "tasks" / "kserve" / "schemas"
+from tasks.kserve.admission import crd_from_yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_SRC = REPO.parent / "shared" / "kserve-crds"
+OUT = REPO / "tasks" / "kserve" / "schemas"
 FILES = {
     "InferenceService": "serving.kserve.io_inferenceservices.yaml",
     "ServingRuntime": "serving.kserve.io_servingruntimes.yaml",
@@ -34,20 +37,10 @@ def strip(node):
 
 
 def vendored(crd: dict) -> dict:
-    return {
-        "group": crd["spec"]["group"],
-        "names": crd["spec"]["names"],
-        "scope": crd["spec"]["scope"],
-        "versions": {
-            v["name"]: {
-                "served": v.get("served", True),
-                "storage": v.get("storage", False),
-                "subresources": v.get("subresources", {}),
-                "schema": strip(v["schema"]["openAPIV3Schema"]),
-            }
-            for v in crd["spec"]["versions"]
-        },
-    }
+    out = crd_from_yaml(crd)
+    for version in out["versions"].values():
+        version["schema"] = strip(version["schema"])
+    return out
 
 
 def main(src: Path = DEFAULT_SRC) -> None:
