@@ -224,6 +224,10 @@ class Canary(_Strict):
     max_regression: float = Field(
         0.2, ge=0, description="candidate p99 TTFT/TPOT may exceed stable's by at most this fraction"
     )
+    regression_floor_ms: float = Field(
+        0, ge=0, description="a slowdown against stable of at most this many ms never counts as a regression, "
+        "whatever its percentage (timer and scheduler noise on small or shared hosts)",
+    )
     gates: list[Gate] = Field(default_factory=list)
     no_data_fails: bool = True
 

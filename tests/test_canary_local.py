@@ -2,28 +2,66 @@
 
 from __future__ import annotations
 
-from tasks.canary.local import compare
+from tasks.canary.local import Round, compare, histogram_totals, mean_between
 from tasks.loadtest import LoadReport
 
 
-def report(ttft: float, tpot: float, completed: int = 20, violations: list[str] | None = None) -> LoadReport:
-    return LoadReport(median_ttft_ms=ttft, median_tpot_ms=tpot, completed=completed, passed=not violations,
-                      violations=violations or [])
+def round_(ttft: float, tpot: float, completed: int = 20, violations: list[str] | None = None,
+           server: bool = True) -> Round:
+    report = LoadReport(median_ttft_ms=ttft * 20, median_tpot_ms=tpot * 20, completed=completed,
+                        passed=not violations, violations=violations or [])
+    return Round(report=report, server={"ttft_ms": ttft, "tpot_ms": tpot} if server else {})
 
 
 def test_equal_servers_pass():
-    assert compare(report(100, 10), report(100, 10), max_regression=0.2) == []
+    assert compare(round_(100, 10), round_(100, 10), max_regression=0.2) == []
 
 
 def test_within_the_allowed_regression_passes():
-    assert compare(report(119, 11.9), report(100, 10), max_regression=0.2) == []
+    assert compare(round_(119, 11.9), round_(100, 10), max_regression=0.2) == []
 
 
-def test_regression_beyond_the_limit_fails_with_figures():
-    failures = compare(report(150, 10), report(100, 10), max_regression=0.2)
-    assert failures == ["median_ttft_ms 150.0 ms is 50% above stable's 100.0 ms (allowed 20%)"]
+def test_regression_beyond_the_limit_fails_on_server_figures():
+    failures = compare(round_(150, 10), round_(100, 10), max_regression=0.2)
+    assert failures == ["server mean ttft_ms 150.0 ms is 50% above stable's 100.0 ms (allowed 20%)"]
+
+
+def test_client_medians_judge_when_a_server_has_no_metrics():
+    failures = compare(round_(150, 10, server=False), round_(100, 10), max_regression=0.2)
+    assert failures == ["client median_ttft_ms 3000.0 ms is 50% above stable's 2000.0 ms (allowed 20%)"]
+
+
+def test_floor_absorbs_small_absolute_slowdowns_only():
+    assert compare(round_(7, 2), round_(4, 1.5), max_regression=0.5, floor_ms=5) == []
+    failures = compare(round_(12, 2), round_(4, 1.5), max_regression=0.5, floor_ms=5)
+    assert failures == ["server mean ttft_ms 12.0 ms is 200% above stable's 4.0 ms (allowed 50% or 5 ms)"]
 
 
 def test_slo_violations_and_no_completions_fail():
-    failures = compare(report(0, 0, completed=0, violations=["error rate 100% > limit 0%"]), report(100, 10), 0.2)
+    failures = compare(round_(0, 0, completed=0, violations=["error rate 100% > limit 0%"]), round_(100, 10), 0.2)
     assert failures == ["error rate 100% > limit 0%", "candidate completed no request"]
+
+
+METRICS = """\
+# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.005",model_name="m"} 3.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="m"} 4.0
+vllm:time_to_first_token_seconds_count{engine="0",model_name="m"} 4.0
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="m"} 0.02
+# HELP vllm:request_time_per_output_token_seconds Histogram of time_per_output_token_seconds per request.
+# TYPE vllm:request_time_per_output_token_seconds histogram
+vllm:request_time_per_output_token_seconds_count{engine="0",model_name="m"} 4.0
+vllm:request_time_per_output_token_seconds_sum{engine="0",model_name="m"} 0.008
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 0.0
+"""
+
+
+def test_server_means_come_from_histogram_deltas():
+    before = histogram_totals(METRICS)
+    assert before == {"ttft_ms": (0.02, 4.0), "tpot_ms": (0.008, 4.0)}
+    after = {"ttft_ms": (0.02 + 0.03, 10.0), "tpot_ms": (0.008, 4.0)}
+    means = mean_between(before, after)
+    assert means.keys() == {"ttft_ms"}  # no new TPOT observations: no figure rather than a stale one
+    assert abs(means["ttft_ms"] - 5.0) < 1e-9

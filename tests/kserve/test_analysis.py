@@ -29,9 +29,12 @@ def test_gates_min_max_no_data_and_relative(prometheus):
         GateDef(name="nodata-fails", query='up{pod="{candidate_pods}"}', max=1),
         GateDef(name="nodata-ok", query='up{pod="{candidate_pods}"}', max=1, no_data_fails=False),
         GateDef(name="vs-stable", query="vector(0.3)", max=1.2, relative_to="vector(0.2)"),
+        GateDef(name="vs-stable-floor-ok", query="vector(0.3)", max=1.2, relative_to="vector(0.2)", floor=0.1),
+        GateDef(name="vs-stable-floor-bad", query="vector(0.31)", max=1.2, relative_to="vector(0.2)", floor=0.1),
     ]
     res = {r.name: r for r in evaluate(prometheus.url, gates, {"candidate_pods": "none-.*"}, 25)}
-    assert [n for n, r in res.items() if r.ok] == ["max-ok", "nodata-ok"]
+    assert [n for n, r in res.items() if r.ok] == ["max-ok", "nodata-ok", "vs-stable-floor-ok"]
+    assert "or stable + 0.1" in res["vs-stable-floor-bad"].limit
     assert res["vs-stable"].value == pytest.approx(1.5) and "x stable" in res["vs-stable"].limit
     assert res["nodata-fails"].reason == "no data (counts as failed)"
     assert res["nodata-fails"].query == 'up{pod="none-.*"}' and all(r.step == 25 for r in res.values())
