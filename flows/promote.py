@@ -165,7 +165,7 @@ def _promote_locally(spec, stages: Stages, resolved, artifact) -> PromotionResul
             stages.note(outcome.reason)
             if not outcome.promoted:
                 raise RolledBack("canary", f"candidate {artifact.digest[:12]}", f"failed analysis at {outcome.reason}",
-                                 "the stable model still serves at 100%; see the canary steps in the summary")
+                                 f"the stable model still serves at 100%; each step's figures are in the {spec.name}-canary artifact")
         promote_candidate(spec, decision)
     except BaseException as err:
         roll_back(spec, reason=str(err).splitlines()[0] if str(err) else type(err).__name__)

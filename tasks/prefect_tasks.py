@@ -149,9 +149,14 @@ def load_test_task(base_url: str, model_name: str, spec: PromotionSpec, tokenize
 
 @task(name="canary", cache_policy=NO_CACHE)
 def local_canary_task(spec: PromotionSpec, stable, candidate, tokenizer: str | None):
-    from tasks.canary.local import run_local_canary
+    from prefect.artifacts import create_table_artifact
 
-    return run_local_canary(spec, stable, candidate, tokenizer)
+    from tasks.canary.local import run_local_canary, steps_table
+
+    outcome = run_local_canary(spec, stable, candidate, tokenizer)
+    create_table_artifact(table=steps_table(outcome), key=f"{spec.name}-canary",
+                          description=f"canary of {spec.name}: {outcome.reason}")
+    return outcome
 
 
 # -- the KServe target's deploy and canary (tasks.kserve) ----------------------------------

@@ -222,7 +222,8 @@ class Canary(_Strict):
     step_duration_s: float = Field(20, gt=0)
     failure_limit: int = Field(0, ge=0, description="failed checks tolerated before rolling back")
     max_regression: float = Field(
-        0.2, ge=0, description="candidate p99 TTFT/TPOT may exceed stable's by at most this fraction"
+        0.2, ge=0, description="the candidate's latency may exceed stable's by at most this fraction "
+        "(p99 TTFT from Prometheus on KServe; each server's mean TTFT and TPOT on the local target)"
     )
     regression_floor_ms: float = Field(
         0, ge=0, description="a slowdown against stable of at most this many ms never counts as a regression, "

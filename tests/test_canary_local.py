@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.canary.local import Round, compare, histogram_totals, mean_between
+from tasks.canary.local import CanaryOutcome, Round, StepResult, compare, histogram_totals, mean_between, steps_table
 from tasks.loadtest import LoadReport
 
 
@@ -65,3 +65,15 @@ def test_server_means_come_from_histogram_deltas():
     means = mean_between(before, after)
     assert means.keys() == {"ttft_ms"}  # no new TPOT observations: no figure rather than a stale one
     assert abs(means["ttft_ms"] - 5.0) < 1e-9
+
+
+def test_steps_table_has_a_row_per_step_and_server_with_the_verdict():
+    outcome = CanaryOutcome(promoted=False, reason="r", steps=[
+        StepResult(percent=25, failures=[], candidate={"server_mean_ttft_ms": 4.04}, stable={"server_mean_ttft_ms": 4.0}),
+        StepResult(percent=100, failures=["too slow"], candidate={"server_mean_ttft_ms": 9.0},
+                   stable={"server_mean_ttft_ms": 4.0}),
+    ])
+    rows = steps_table(outcome)
+    assert [(r["step %"], r["server"], r["verdict"]) for r in rows] == [
+        (25, "candidate", "passed"), (25, "stable", ""), (100, "candidate", "too slow"), (100, "stable", "")]
+    assert rows[0]["server_mean_ttft_ms"] == 4.04

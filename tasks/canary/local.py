@@ -62,6 +62,17 @@ def _figures(r: Round) -> dict[str, float]:
     return figures
 
 
+def steps_table(outcome: CanaryOutcome) -> list[dict[str, object]]:
+    """One row per step and server, for the canary's Prefect table artifact."""
+    rows: list[dict[str, object]] = []
+    for step in outcome.steps:
+        for role, figures in (("candidate", step.candidate), ("stable", step.stable)):
+            verdict = "" if role == "stable" else ("; ".join(step.failures) or "passed")
+            rows.append({"step %": step.percent, "server": role, **{k: round(v, 2) for k, v in figures.items()},
+                         "verdict": verdict})
+    return rows
+
+
 def histogram_totals(metrics_text: str) -> dict[str, tuple[float, float]]:
     """(sum, count) of each SERVER_HISTOGRAMS histogram, added over its label sets."""
     wanted = {name: key for key, name in SERVER_HISTOGRAMS.items()}

@@ -132,6 +132,15 @@ def test_promote_rollback_noop_and_canary(models, slow_model, store, tmp_path):
     assert completion_ok(new.base_url, "tiny-llama")
     history = [json.loads(line) for line in (store / "state" / "tiny-llama.history.jsonl").read_text().splitlines()]
     assert history[-1]["event"] == "rolled_back" and not is_alive(history[-1]["pid"])
+    # Each step's figures, per server, are in the canary's table artifact on the Prefect server.
+    from prefect.artifacts import Artifact
+
+    data = Artifact.get("tiny-llama-canary").data
+    table = json.loads(data) if isinstance(data, str) else data
+    candidate = next(row for row in table if row["server"] == "candidate")
+    stable_row = next(row for row in table if row["server"] == "stable")
+    assert "above stable's" in candidate["verdict"]
+    assert candidate["server_mean_tpot_ms"] > 2 * stable_row["server_mean_tpot_ms"]
 
 
 def test_bad_input_leaves_nothing_running(models, store, tmp_path):
