@@ -290,28 +290,13 @@ def _llmship_inproc(url, model, conc, n, out_tokens, tok, seed: int) -> dict:
             "req_s": d.request_throughput, "failed": d.failed}
 
 
-def _vllm_metrics(url: str) -> dict[str, float]:
-    """Sums and counts of vLLM's own latency histograms (its /metrics), to see what the server did."""
-    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("vllm:") and any(x in line.split("{")[0] for x in ("_sum", "_count", "_cached_total")):
-            name = line.split("{", 1)[0].split(" ", 1)[0]
-            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-    return out
-
-
 def _server_means(before: dict, after: dict) -> dict[str, float | None]:
-    def mean(metric: str) -> float | None:
-        n = after.get(metric + "_count", 0) - before.get(metric + "_count", 0)
-        s = after.get(metric + "_sum", 0) - before.get(metric + "_sum", 0)
-        return 1000 * s / n if n > 0 else None
+    from tasks.loadtest import server_metrics as sm
 
-    tpot = mean("vllm:request_time_per_output_token_seconds") or mean("vllm:inter_token_latency_seconds") \
-        or mean("vllm:time_per_output_token_seconds")
-    cached = after.get("vllm:prompt_tokens_cached_total", 0) - before.get("vllm:prompt_tokens_cached_total", 0)
-    return {"server_mean_ttft_ms": mean("vllm:time_to_first_token_seconds"), "server_mean_tpot_ms": tpot,
-            "prefix_cached_tokens": cached}
+    tpot = sm.mean_ms(before, after, sm.TPOT) or sm.mean_ms(before, after, "vllm:inter_token_latency_seconds") \
+        or sm.mean_ms(before, after, "vllm:time_per_output_token_seconds")
+    return {"server_mean_ttft_ms": sm.mean_ms(before, after, sm.TTFT), "server_mean_tpot_ms": tpot,
+            "prefix_cached_tokens": sm.increase(before, after, "vllm:prompt_tokens_cached_total")}
 
 
 def part_vllm(quick: bool) -> dict:
@@ -319,6 +304,7 @@ def part_vllm(quick: bool) -> dict:
     so one long run each would compare two different machines."""
     import statistics
 
+    from tasks.loadtest.server_metrics import scrape
     from tasks.local.server import start_vllm, stop_server
     from tasks.spec import EngineArgs, LocalTarget
 
@@ -336,12 +322,12 @@ def part_vllm(quick: bool) -> dict:
             for name in order:
                 work = RESULTS / "vllm-check" / f"{name}-{rnd}"
                 work.mkdir(parents=True, exist_ok=True)
-                before = _vllm_metrics(ep.base_url)
+                before = scrape(ep.base_url)
                 if name == "vllm":
                     r = _vllm_bench_inproc(ep.base_url, "tiny", conc, n, out_tokens, tok, work)
                 else:
                     r = _llmship_inproc(ep.base_url, "tiny", conc, n, out_tokens, tok, rnd + 1)
-                r.update(_server_means(before, _vllm_metrics(ep.base_url)))
+                r.update(_server_means(before, scrape(ep.base_url)))
                 res[name].append(r)
                 print(f"  round {rnd} {name:8s} median TTFT {r['ttft_p50_ms']:7.2f} ms  median TPOT {r['tpot_p50_ms']:6.2f} ms"
                       f"  {r['req_s']:.1f} req/s  failed {r['failed']}  | vLLM's own means: TTFT "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.canary.local import CanaryOutcome, Round, StepResult, compare, histogram_totals, mean_between, steps_table
+from tasks.canary.local import CanaryOutcome, Round, StepResult, compare, steps_table
 from tasks.loadtest import LoadReport
 
 
@@ -40,31 +40,6 @@ def test_floor_absorbs_small_absolute_slowdowns_only():
 def test_slo_violations_and_no_completions_fail():
     failures = compare(round_(0, 0, completed=0, violations=["error rate 100% > limit 0%"]), round_(100, 10), 0.2)
     assert failures == ["error rate 100% > limit 0%", "candidate completed no request"]
-
-
-METRICS = """\
-# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.
-# TYPE vllm:time_to_first_token_seconds histogram
-vllm:time_to_first_token_seconds_bucket{engine="0",le="0.005",model_name="m"} 3.0
-vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="m"} 4.0
-vllm:time_to_first_token_seconds_count{engine="0",model_name="m"} 4.0
-vllm:time_to_first_token_seconds_sum{engine="0",model_name="m"} 0.02
-# HELP vllm:request_time_per_output_token_seconds Histogram of time_per_output_token_seconds per request.
-# TYPE vllm:request_time_per_output_token_seconds histogram
-vllm:request_time_per_output_token_seconds_count{engine="0",model_name="m"} 4.0
-vllm:request_time_per_output_token_seconds_sum{engine="0",model_name="m"} 0.008
-# TYPE vllm:num_requests_running gauge
-vllm:num_requests_running{engine="0",model_name="m"} 0.0
-"""
-
-
-def test_server_means_come_from_histogram_deltas():
-    before = histogram_totals(METRICS)
-    assert before == {"ttft_ms": (0.02, 4.0), "tpot_ms": (0.008, 4.0)}
-    after = {"ttft_ms": (0.02 + 0.03, 10.0), "tpot_ms": (0.008, 4.0)}
-    means = mean_between(before, after)
-    assert means.keys() == {"ttft_ms"}  # no new TPOT observations: no figure rather than a stale one
-    assert abs(means["ttft_ms"] - 5.0) < 1e-9
 
 
 def test_steps_table_has_a_row_per_step_and_server_with_the_verdict():

@@ -18,19 +18,14 @@ Only after every step passes does the stable pointer move (tasks.local.state).
 
 from __future__ import annotations
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
-from tasks.loadtest import SLO, LoadReport, run_load_test
+from tasks.loadtest import SLO, LoadReport, run_load_test, server_metrics
 from tasks.spec import PromotionSpec
 from tasks.values import Endpoint
 
-# What a round is judged on, per server: vLLM's histograms (seconds).
-SERVER_HISTOGRAMS = {
-    "ttft_ms": "vllm:time_to_first_token_seconds",
-    "tpot_ms": "vllm:request_time_per_output_token_seconds",
-}
+# What a round is judged on, per server: the means of vLLM's own histograms.
+SERVER_HISTOGRAMS = {"ttft_ms": server_metrics.TTFT, "tpot_ms": server_metrics.TPOT}
 
 
 class StepResult(BaseModel):
@@ -73,39 +68,6 @@ def steps_table(outcome: CanaryOutcome) -> list[dict[str, object]]:
     return rows
 
 
-def histogram_totals(metrics_text: str) -> dict[str, tuple[float, float]]:
-    """(sum, count) of each SERVER_HISTOGRAMS histogram, added over its label sets."""
-    wanted = {name: key for key, name in SERVER_HISTOGRAMS.items()}
-    totals: dict[str, tuple[float, float]] = {}
-    for family in text_string_to_metric_families(metrics_text):
-        key = wanted.get(family.name)
-        if key is None or family.type != "histogram":
-            continue
-        s = sum(x.value for x in family.samples if x.name.endswith("_sum"))
-        c = sum(x.value for x in family.samples if x.name.endswith("_count"))
-        totals[key] = (s, c)
-    return totals
-
-
-def _scrape(base_url: str) -> dict[str, tuple[float, float]]:
-    try:
-        r = httpx.get(base_url + "/metrics", timeout=10)
-        r.raise_for_status()
-    except httpx.HTTPError:
-        return {}
-    return histogram_totals(r.text)
-
-
-def mean_between(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
-    """Mean of each histogram over the observations made between two scrapes, in ms."""
-    means = {}
-    for key, (s1, c1) in after.items():
-        s0, c0 = before.get(key, (0.0, 0.0))
-        if c1 > c0:
-            means[key] = 1000 * (s1 - s0) / (c1 - c0)
-    return means
-
-
 def compare(candidate: Round, stable: Round, max_regression: float, floor_ms: float = 0.0) -> list[str]:
     """Checks the candidate fails: its own SLO verdict, then regression against stable."""
     failures = list(candidate.report.violations)
@@ -131,9 +93,11 @@ def run_local_canary(spec: PromotionSpec, stable: Endpoint, candidate: Endpoint,
     failed_checks = 0
 
     def measure(ep: Endpoint, slo: SLO | None) -> Round:
-        before = _scrape(ep.base_url)
+        before = server_metrics.scrape(ep.base_url)
         report = run_load_test(ep.base_url, ep.name, profile, slo, tokenizer)
-        return Round(report=report, server=mean_between(before, _scrape(ep.base_url)))
+        after = server_metrics.scrape(ep.base_url)
+        means = {key: server_metrics.mean_ms(before, after, name) for key, name in SERVER_HISTOGRAMS.items()}
+        return Round(report=report, server={key: v for key, v in means.items() if v is not None})
 
     for i, percent in enumerate(spec.canary.steps):
         if i % 2 == 0:
