@@ -192,6 +192,15 @@ def fmt(x, spec=".1f"):
 
 
 # ------------------------------------------------------------------ parts
+def _run_on_fake(name: str, url: str, part: str, conc: int, n: int, out_tokens: int, tok) -> tuple[dict, dict]:
+    """One tool's run against the fake server, with the server's own counters for that run alone."""
+    work = RESULTS / part / name
+    work.mkdir(parents=True, exist_ok=True)
+    server_stats(url, reset=True)
+    r = TOOLS[name](url, "fake-model", conc, n, out_tokens, tok, work)
+    return r, server_stats(url)
+
+
 def part_throughput(tools, tok, quick, chunked: bool) -> dict:
     conc, out_tokens = 64, 16
     counts = {"llmship": 30000, "vllm": 10000, "guidellm": 2000, "aiperf": 4000}
@@ -203,11 +212,7 @@ def part_throughput(tools, tok, quick, chunked: bool) -> dict:
           f"{'one chunk per loop turn' if chunked else 'each stream at once'}", flush=True)
     with fake_server_process(FakeConfig(burst=not chunked), cpu=SERVER_CPU) as url:
         for name in tools:
-            work = RESULTS / "throughput" / name
-            work.mkdir(parents=True, exist_ok=True)
-            server_stats(url, reset=True)
-            r = TOOLS[name](url, "fake-model", conc, counts[name], out_tokens, tok, work)
-            st = server_stats(url)
+            r, st = _run_on_fake(name, url, "throughput", conc, counts[name], out_tokens, tok)
             r.update(server_req_s=st["req_per_s"], server_chunks_s=st["chunks_per_s"], server_completed=st["completed"],
                      server_cpu_busy=st["cpu_busy"])
             res[name] = r
@@ -246,11 +251,7 @@ def part_accuracy(tools, tok, quick, precise) -> dict:
           f"{' (server busy-polls its timers)' if precise else ''}", flush=True)
     with fake_server_process(FakeConfig(ttft_s=ttft / 1000, itl_s=itl / 1000, precise=precise), cpu=SERVER_CPU) as url:
         for name in tools:
-            work = RESULTS / "accuracy" / name
-            work.mkdir(parents=True, exist_ok=True)
-            server_stats(url, reset=True)
-            r = TOOLS[name](url, "fake-model", conc, counts[name], out_tokens, tok, work)
-            st = server_stats(url)
+            r, st = _run_on_fake(name, url, "accuracy", conc, counts[name], out_tokens, tok)
             r.update(server_ttft_p50_ms=st["delivered_ttft_p50_ms"], server_itl_p50_ms=st["delivered_itl_p50_ms"],
                      server_req_s=st["req_per_s"])
             r["ttft_err_ms"] = r["ttft_p50_ms"] - ttft
