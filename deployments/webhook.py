@@ -149,6 +149,10 @@ class Emitter:
                 keys = [k for k, _ in rows]
                 try:
                     if client is None:
+                        # In ephemeral mode the first client starts a temporary Prefect server and
+                        # waits for it synchronously (tens of seconds on a busy host): do that in a
+                        # worker thread, so the receiver keeps answering meanwhile.
+                        await run_in_threadpool(_reach_prefect)
                         client = await get_client().__aenter__()
                     # one post for every pending delivery; event ids are stable, so a retry is harmless
                     await client.request("POST", "/events", json=[e for _, events in rows for e in events])
@@ -175,6 +179,13 @@ class Emitter:
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.__aexit__(None, None, None)
+
+
+def _reach_prefect() -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.api_healthcheck()
 
 
 def _answer(status: int, outcome: str, detail: str = "", **extra) -> JSONResponse:
@@ -351,7 +362,38 @@ def create_app(cfg: WebhookConfig) -> Starlette:
 
 
 def serve(cfg: WebhookConfig, host: str = "127.0.0.1", port: int = 8787, log_level: str = "info") -> None:
+    """Run the receiver until SIGTERM or SIGINT; then stop it and everything it started.
+
+    uvicorn shuts down gracefully on either signal and then raises the signal again with the
+    handler that was there before it. With Python's default SIGTERM action that kills the process
+    on the spot, so exit handlers never ran and the temporary Prefect server of ephemeral mode (it
+    stops at exit) ran on. So the handlers in place before uvicorn's make the re-raised signal a
+    normal return, and the process exits 0 with its exit handlers run. And whatever ends the
+    process, even kill -9, its ephemeral Prefect server exits with it (the lifeline of
+    tasks.concurrency.guard_ephemeral_prefect_server).
+    """
+    import signal
+
     import uvicorn
 
+    from tasks.concurrency import guard_ephemeral_prefect_server
+
+    guard_ephemeral_prefect_server()
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(cfg), host=host, port=port, log_level=log_level, access_log=False)
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host=host, port=port, log_level=log_level, access_log=False))
+    stopped_by: list[int] = []
+
+    def after_uvicorn(signum: int, frame) -> None:
+        if not server.started:  # before uvicorn took the signals over (or it never started): stop now
+            raise SystemExit(0 if signum == signal.SIGTERM else 130)
+        stopped_by.append(signum)  # uvicorn has shut down and re-raised the signal that stopped it
+
+    previous = {sig: signal.signal(sig, after_uvicorn) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped_by:
+        log.info("stopped by %s: receiver shut down; its Prefect client and any temporary Prefect server stop at exit",
+                 signal.Signals(stopped_by[-1]).name)

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flows import cli_build, cli_kserve, cli_loadtest, cli_triggers
+from flows import cli_build, cli_checks, cli_history, cli_kserve, cli_loadtest, cli_triggers
 from tasks.errors import EXIT_FAILED, LlmshipError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -68,15 +68,36 @@ def schema() -> None:
 
 
 @app.command("example-model")
-def example_model(out_dir: Path = typer.Argument(..., help="new folder for the tiny model")) -> None:
-    """Write a tiny random Llama with a locally trained tokenizer (nothing from a hub)."""
-    from tasks.example_model import write_example_model
+def example_model(
+    out_dir: Path = typer.Argument(..., help="new folder for the example model"),
+    kind: str = typer.Option("llm", help="llm (a tiny Llama), sklearn or xgboost (an iris-like classifier)"),
+    worse: bool = typer.Option(False, "--worse", help="sklearn/xgboost: a deliberately less accurate model"),
+    slow: bool = typer.Option(False, "--slow", help="sklearn/xgboost: many more trees, slower per request"),
+    trees: int = typer.Option(None, help="sklearn/xgboost: number of trees (overrides --slow's)"),
+    seed: int = typer.Option(0, help="sklearn/xgboost: data and training seed"),
+) -> None:
+    """Write an example model made here (nothing from a hub): a tiny random Llama, or a trained classifier."""
+    from tasks.errors import BadInput
 
     try:
-        path = write_example_model(out_dir)
+        if kind == "llm":
+            if worse or slow or trees is not None:
+                raise BadInput("example-model", kind, "--worse, --slow and --trees are for --kind sklearn / xgboost",
+                               "drop them, or pick --kind sklearn or xgboost")
+            from tasks.example_model import write_example_model
+
+            path = write_example_model(out_dir)
+            console.print(f"wrote a tiny Llama to {path}")
+            return
+        if kind not in ("sklearn", "xgboost"):
+            raise BadInput("example-model", kind, "unknown --kind", "use llm, sklearn or xgboost")
+        from tasks.predictive.example import write_example_predictive
+
+        info = write_example_predictive(out_dir, kind, worse=worse, slow=slow, trees=trees, seed=seed)
     except LlmshipError as err:
         fail(err)
-    console.print(f"wrote a tiny Llama to {path}")
+    console.print(f"wrote a {kind} classifier ({info.trees} trees, held-out accuracy {info.accuracy:.3f}) to "
+                  f"{info.model_dir}; held-out rows {info.heldout}, V2 requests {info.payloads}", markup=False)
 
 
 @app.command()
@@ -94,7 +115,7 @@ def promote(
     except LlmshipError as err:
         fail(err)
     try:
-        result = promote_model(spec_path=str(spec.resolve()))
+        result = promote_model(spec_path=str(spec.resolve()), trigger={"kind": "cli", "user": _user()})
     except LlmshipError as err:
         failed = getattr(err, "promotion", None)
         if json_out and failed is not None:
@@ -109,6 +130,15 @@ def promote(
         table.add_row(r.stage, r.state, f"{r.seconds:.1f}", r.note)
     console.print(table)
     console.print(f"{result.outcome}: {result.reason} ({result.endpoint})", markup=False)
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return str(os.getuid())
 
 
 def _store(spec: Path | None, store: str | None) -> str:
@@ -126,24 +156,43 @@ def status(
     spec: Path = typer.Option(None, help="read the store from this spec"),
     store: str = typer.Option(None, help="the local store folder (default ./.llmship/store or $LLMSHIP_STORE)"),
 ) -> None:
-    """Show what serves on the local target."""
-    from tasks.local.server import is_alive
+    """Show what serves on the local target, and any process a recorded server left behind."""
+    from tasks.local.server import describe_processes, is_alive, server_processes, unrecorded_servers
     from tasks.local.state import list_records
+    from tasks.storage.local import store_root
 
     try:
-        records = list_records(_store(spec, store))
+        store_uri = _store(spec, store)
+        records = list_records(store_uri)
+        strays = unrecorded_servers(store_root(store_uri), {r.log_path for _, r in records if r.log_path})
     except LlmshipError as err:
         fail(err)
-    if not records:
+    if not records and not strays:
         console.print("nothing serves (no state in the store)")
         return
     table = Table()
-    for col in ("name", "role", "artifact", "url", "pid", "alive", "since", "source"):
+    for col in ("name", "role", "artifact", "url", "pid", "alive", "processes", "since", "source"):
         table.add_column(col)
+    left_over = []
     for role, r in records:
-        table.add_row(r.name, role, r.artifact_digest[:12], r.base_url, str(r.pid), "yes" if is_alive(r.pid) else "NO",
-                      r.since, r.source)
+        procs = server_processes(r.pid, r.log_path)
+        leader = is_alive(r.pid)
+        if procs and not leader:
+            left_over.append((f"{r.name} ({role}): pid {r.pid} is gone, but {len(procs)} of its processes still run",
+                              r.name, procs))
+        table.add_row(r.name, role, r.artifact_digest[:12], r.base_url, str(r.pid), "yes" if leader else "NO",
+                      f"{len(procs)} LEFT OVER" if procs and not leader else str(len(procs)), r.since, r.source)
+    for log_path, procs in strays.items():
+        name = Path(log_path).name.rsplit("-", 2)[0]
+        left_over.append((f"{name}: a server no state file records (an interrupted promotion started it; log "
+                          f"{log_path})", name, procs))
+        table.add_row(name, "unrecorded", "-", "-", str(min(p.pid for p in procs)), "-", f"{len(procs)} LEFT OVER", "-", "-")
     console.print(table)
+    for line, name, procs in left_over:
+        console.print(line, markup=False)
+        for desc in describe_processes(procs):
+            console.print(f"  {desc}", markup=False)
+        console.print(f"  what to do: `llmship stop {name}` stops them", markup=False)
 
 
 @app.command()
@@ -152,20 +201,36 @@ def stop(
     spec: Path = typer.Option(None, help="read the store from this spec"),
     store: str = typer.Option(None, help="the local store folder"),
 ) -> None:
-    """Stop the local servers (stable and any candidate) and clear their state."""
+    """Stop the local servers (stable and any candidate), every process they started, and clear their state."""
     from tasks.local.deploy import stop_all
+    from tasks.local.server import server_processes, stop_processes, unrecorded_servers
+    from tasks.local.state import list_records
+    from tasks.storage.local import store_root
 
     try:
-        stopped = stop_all(_store(spec, store), name)
+        store_uri = _store(spec, store)
+        records = [(role, r) for role, r in list_records(store_uri) if not name or r.name == name]
+        stopped = stop_all(store_uri, name)  # each server's whole session (tasks.local.server.stop_server)
+        for role, r in records:  # a process of the server that left its session still carries its marker
+            rest = server_processes(r.pid, r.log_path)
+            if rest:
+                stop_processes(rest)
+                stopped.append(f"{len(rest)} leftover process(es) of {r.name} ({role})")
+        known = {r.log_path for _, r in list_records(store_uri) if r.log_path}
+        for log_path, procs in unrecorded_servers(store_root(store_uri), known).items():
+            if name and not Path(log_path).name.startswith(f"{name}-"):
+                continue
+            stop_processes(procs)
+            stopped.append(f"an unrecorded server ({len(procs)} process(es), log {log_path})")
     except LlmshipError as err:
         fail(err)
     for line in stopped:
-        console.print(f"stopped {line}")
+        console.print(f"stopped {line}", markup=False)
     if not stopped:
         console.print("nothing was running")
 
 
-for _area in (cli_loadtest, cli_kserve, cli_build, cli_triggers):
+for _area in (cli_loadtest, cli_kserve, cli_build, cli_triggers, cli_history, cli_checks):
     _area.register(app)
 
 

@@ -6,6 +6,7 @@ URI, or a manifest the KServe / Kubernetes schemas reject).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -40,8 +41,9 @@ def register(app: typer.Typer) -> None:
         artifact_digest: str = typer.Option("unpublished", help="recorded in llmship.io/artifact-digest"),
         registry_version: Optional[str] = typer.Option(None, help="recorded in llmship.io/registry-version"),
     ) -> None:
-        """Write the ServingRuntime, InferenceService (or LLMInferenceService), KEDA, PrometheusRule and RBAC manifests."""
+        """Write the ServingRuntime, InferenceService (or LLMInferenceService), KEDA, PrometheusRule, Grafana and RBAC manifests."""
         from tasks.kserve import render_manifests
+        from tasks.monitoring import dashboards_in
         from tasks.spec import load_spec
 
         try:
@@ -52,6 +54,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(err.render(), err=True)
             raise typer.Exit(err.exit_code)
         paths = write_manifests(objs, out)
+        for fname, dash in dashboards_in(objs).items():  # the Grafana dashboard also as JSON, for an import
+            paths.append(out / f"grafana-dashboard-{fname}")
+            paths[-1].write_text(json.dumps(dash, indent=2) + "\n")
         for p in paths:
             typer.echo(str(p))
         typer.echo(f"{len(objs)} manifests admitted against the KServe CRD and Kubernetes schemas -> {out}")

@@ -70,7 +70,8 @@ def register(app: typer.Typer) -> None:
         min_output_tps: Optional[float] = typer.Option(None, help="SLO: least output tokens per second"),
         header: list[str] = typer.Option([], help="extra request header 'Name: value' (repeatable)"),
         out: Optional[Path] = typer.Option(None, help="folder for loadtest.json / .csv / .png"),
-        records: bool = typer.Option(False, help="keep per-request records (JSON, CSV, histograms)"),
+        records: bool = typer.Option(True, help="keep per-request records (the JSON's per-request lists, the CSV, "
+                                     "the plot's distributions); --no-records for very long runs"),
         progress: bool = typer.Option(True, help="show a progress bar"),
     ) -> None:
         """Load-test a server: TTFT, TPOT, ITL, E2EL, throughput and goodput against an SLO."""

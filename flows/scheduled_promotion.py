@@ -52,10 +52,15 @@ def scheduled_promotion(
         log.info("no promotion for %s: %s", the_spec.name, decision.reason)
         return decision
     log.info("promoting %s: %s", the_spec.name, decision.reason)
+    from prefect.runtime import flow_run
+
+    trigger = {"kind": "schedule", "schedule_run": str(flow_run.id) if flow_run.id else None, "decision": decision.reason,
+               "revision": decision.wanted.revision if decision.wanted else None}
     if promote_deployment:
         from prefect.deployments import run_deployment
 
-        run = run_deployment(promote_deployment, parameters={"spec": decision.pinned_spec}, timeout=None, poll_interval=2)
+        run = run_deployment(promote_deployment, parameters={"spec": decision.pinned_spec, "trigger": trigger},
+                             timeout=None, poll_interval=2)
         if not (run.state and run.state.is_completed()):
             raise StageFailed(
                 "schedule", f"flow run {run.name}", f"the promotion ended {run.state.name if run.state else 'without a state'}",
@@ -65,5 +70,5 @@ def scheduled_promotion(
     else:
         from flows.promote import promote_model
 
-        promote_model(spec=decision.pinned_spec)
+        promote_model(spec=decision.pinned_spec, trigger=trigger)
     return decision

@@ -31,12 +31,35 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def output_exists(value: object) -> bool:
-    """Whether the files a stage's result points at are still there (remote ones are trusted)."""
+def output_exists(value: object, spec: PromotionSpec | None = None) -> bool:
+    """Whether the files a stage's cached result points at are still there.
+
+    A published artifact is checked against its manifest wherever it lives (local store, PVC,
+    S3): every listed file present with its size (tasks.storage.check; one listing on S3). The S3
+    endpoint is the spec's storage.s3_endpoint_url: pass the spec, or it is read from the running
+    flow's `spec_path`/`spec` parameter (promote_model's and build_engine_flow's).
+    """
     if isinstance(value, LocalModel):
         return Path(value.path).is_dir()
     if isinstance(value, PublishedArtifact):
-        return value.local_path is None or Path(value.manifest_uri).is_file()
+        from tasks.storage.check import artifact_is_whole
+
+        if spec is None and value.local_path is None:
+            from prefect.context import FlowRunContext
+
+            from tasks.spec import load_spec, parse_spec
+
+            params = getattr(FlowRunContext.get(), "parameters", None) or {}
+            try:
+                if isinstance(params.get("spec"), PromotionSpec):
+                    spec = params["spec"]
+                elif isinstance(params.get("spec"), dict):
+                    spec = parse_spec(params["spec"], "flow parameter spec")
+                elif params.get("spec_path"):
+                    spec = load_spec(params["spec_path"])
+            except Exception:
+                spec = None  # then boto3's own endpoint (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or AWS)
+        return artifact_is_whole(value, spec.storage.s3_endpoint_url if spec is not None else None)
     return True
 
 
@@ -122,16 +145,32 @@ def build_task(model: LocalModel, spec: PromotionSpec) -> LocalModel:
     return LocalModel(path=str(out), digest=digest, resolved=model.resolved)
 
 
+# -- the production checklist: before any GPU time --------------------------------------
+@task(name="checklist", cache_policy=NO_CACHE)
+def checklist_task(spec: PromotionSpec, plan):
+    from tasks.checklist import enforce, evaluate_checklist, publish_checklist_artifact
+
+    report = evaluate_checklist(spec, plan)
+    publish_checklist_artifact(report)
+    return enforce(report, spec)  # under checks.strict a failed rule is bad input: exit 2, nothing deployed
+
+
 # -- deploy, warm up, load test, canary: never cached (they act on live servers) ---------
 @task(name="deploy", cache_policy=NO_CACHE)
 def deploy_task(spec: PromotionSpec, artifact: PublishedArtifact, resolved: ResolvedModel):
-    from tasks.local.deploy import deploy_local
+    from tasks import targets
 
-    return deploy_local(spec, artifact, resolved)
+    return targets.deploy(spec, artifact, resolved)
 
 
 @task(name="warm_up", cache_policy=NO_CACHE)
 def warm_up_task(base_url: str, model_name: str, spec: PromotionSpec, tokenizer: str | None):
+    from tasks.spec import is_predictive
+
+    if is_predictive(spec):
+        from tasks.predictive.warmup import warm_up_v2
+
+        return warm_up_v2(base_url, model_name, spec.warmup)
     from tasks.warmup import warm_up
 
     return warm_up(base_url, model_name, spec.warmup, tokenizer)
@@ -147,28 +186,32 @@ def load_test_task(base_url: str, model_name: str, spec: PromotionSpec, tokenize
     return report
 
 
+@task(name="quality", cache_policy=NO_CACHE)
+def quality_task(candidate_url: str, spec: PromotionSpec, stable_url: str | None):
+    """A predictive model's accuracy on labelled held-out data, through the real server (and stable's)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks.predictive.quality import evaluate_quality
+
+    q = spec.engine.predictive.quality
+    stable = None
+    if stable_url and q.max_accuracy_drop is not None:
+        stable = evaluate_quality(stable_url, spec.served_name, q.labelled_data, None, batch_size=q.batch_size,
+                                  output=q.output).accuracy
+    report = evaluate_quality(candidate_url, spec.served_name, q.labelled_data, q.min_accuracy, batch_size=q.batch_size,
+                              output=q.output, stable_accuracy=stable, max_accuracy_drop=q.max_accuracy_drop)
+    create_markdown_artifact(markdown=report.markdown(), key=f"{spec.name}-quality",
+                             description=f"quality gate of {spec.name}: {'passed' if report.passed else 'failed'}")
+    return report
+
+
 @task(name="canary", cache_policy=NO_CACHE)
-def local_canary_task(spec: PromotionSpec, stable, candidate, tokenizer: str | None):
-    from prefect.artifacts import create_table_artifact
+def canary_task(spec: PromotionSpec, deployment):
+    from tasks import targets
+    from tasks.canary.artifacts import CanaryArtifacts
 
-    from tasks.canary.local import run_local_canary, steps_table
-
-    outcome = run_local_canary(spec, stable, candidate, tokenizer)
-    create_table_artifact(table=steps_table(outcome), key=f"{spec.name}-canary",
-                          description=f"canary of {spec.name}: {outcome.reason}")
-    return outcome
-
-
-# -- the KServe target's deploy and canary (tasks.kserve) ----------------------------------
-@task(name="deploy", cache_policy=NO_CACHE)
-def kserve_deploy_task(spec, storage_uri: str, digest: str, registry_version: str | None):
-    from tasks.kserve import deploy_candidate
-
-    return deploy_candidate(spec, storage_uri, digest, registry_version)
-
-
-@task(name="canary", cache_policy=NO_CACHE)
-def kserve_canary_task(spec, rollout):
-    from tasks.kserve import run_canary
-
-    return run_canary(spec, rollout)
+    published = CanaryArtifacts(spec)
+    try:
+        return targets.run_canary(spec, deployment, on_step=published.step, on_report=published.report)
+    finally:
+        published.publish()

@@ -76,4 +76,25 @@ class PromotionResult(BaseModel):
     reason: str = ""
     artifact_digest: str | None = None
     endpoint: str | None = None
+    revision: str | None = None  # serving revision digest (tasks.revision)
+    revision_inputs: dict = Field(default_factory=dict)
     stages: list[StageRecord] = Field(default_factory=list)
+
+
+class Deployment(_Value):
+    """A candidate on its target, or the news that this serving revision already serves."""
+
+    target: Literal["local", "kserve"]
+    name: str
+    served_name: str
+    revision: str  # the candidate's serving revision digest (tasks.revision)
+    revision_inputs: dict
+    unchanged: bool = False
+    stable_revision: str | None = None
+    served_url: str  # what clients call: the front door, the InferenceService URL
+    candidate_url: str | None = None  # the candidate alone, for warm-up and the load test; None: not reachable from here
+    candidate_unreachable: str = ""  # why candidate_url is None
+    tokenizer: str | None = None
+    resumed: bool = False
+    passed: tuple[str, ...] = ()  # pre-rollout stages (warm_up, load_test) a crashed run had passed
+    notes: tuple[str, ...] = ()

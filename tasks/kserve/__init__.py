@@ -1,25 +1,18 @@
-"""The KServe target: render, admit, apply, watch, canary and roll back.
+"""The KServe target: render, admit, apply, watch, and the canary's routers on a cluster.
 
-Plain functions over small typed values; flows/promote.py calls them for target.kind kserve:
+Plain functions over small typed values; tasks.targets calls tasks.kserve.target for
+target.kind kserve, and `llmship render` calls render_manifests:
 
     manifests = render_manifests(spec, storage_uri, artifact_digest)
-    rollout = deploy_candidate(spec, storage_uri, artifact_digest, registry_version=None)
-    outcome = run_canary(spec, rollout)      # raises RolledBack after rolling back
-    rollback(spec, rollout)                  # idempotent: stable at 100%, candidate gone
 """
 
 from __future__ import annotations
 
 from tasks.kserve.admission import admission_errors, admit
-from tasks.kserve.analysis import GateResult
 from tasks.kserve.render import render_all
-from tasks.kserve.rollout import CanaryOutcome, KServeRollout, deploy_candidate, rollback, run_canary
 from tasks.spec import PromotionSpec
 
-__all__ = [
-    "CanaryOutcome", "GateResult", "KServeRollout", "admission_errors", "admit", "deploy_candidate",
-    "render_manifests", "rollback", "run_canary",
-]
+__all__ = ["admission_errors", "admit", "render_manifests"]
 
 
 def render_manifests(

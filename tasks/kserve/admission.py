@@ -28,6 +28,7 @@ CORE_K8S_VERSION = "1.34"
 EXTERNAL_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
 }
 
 
@@ -184,6 +185,14 @@ def _external_errors(obj: dict) -> list[str]:
             for ri, r in enumerate(g.get("rules") or []):
                 if not isinstance(r.get("expr"), str) or not (r.get("alert") or r.get("record")):
                     errors.append(f"spec.groups[{gi}].rules[{ri}]: needs expr and alert or record")
+    if obj["kind"] == "PodMonitor":
+        if not (spec.get("selector") or {}):
+            errors.append("spec.selector: Required value")
+        for i, ep in enumerate(spec.get("podMetricsEndpoints") or []):
+            if not ep.get("port") and not ep.get("portNumber"):
+                errors.append(f"spec.podMetricsEndpoints[{i}]: needs port or portNumber")
+        if not spec.get("podMetricsEndpoints"):
+            errors.append("spec.podMetricsEndpoints: Required value")
     return errors
 
 

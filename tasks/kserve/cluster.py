@@ -34,7 +34,8 @@ ISVC = Kind("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceServi
 RUNTIME = Kind("serving.kserve.io", "v1alpha1", "servingruntimes", "ServingRuntime")
 LLMISVC = Kind("serving.kserve.io", "v1alpha2", "llminferenceservices", "LLMInferenceService")
 SCALED_OBJECT = Kind("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject")
-KINDS = {k.kind: k for k in (ISVC, RUNTIME, LLMISVC, SCALED_OBJECT)}
+HTTPROUTE = Kind("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
+KINDS = {k.kind: k for k in (ISVC, RUNTIME, LLMISVC, SCALED_OBJECT, HTTPROUTE)}
 
 
 class Cluster:
@@ -46,6 +47,7 @@ class Cluster:
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.ext = client.ApiextensionsV1Api(api_client)
+        self.admission = client.AdmissionregistrationV1Api(api_client)
         self.stage = stage
 
     @classmethod
@@ -154,7 +156,77 @@ class Cluster:
 
         return self.update(kind, ns, name, change)
 
+    # -- config maps (llmship's records: they restart nothing when written) ----------------
+
+    def get_configmap(self, ns: str, name: str) -> dict | None:
+        try:
+            return self.api.sanitize_for_serialization(self.core.read_namespaced_config_map(name, ns))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise self.fail(f"{ns}/{name}", "get ConfigMap", err) from None
+
+    def update_configmap(self, ns: str, name: str, change: Callable[[dict], dict | None],
+                         labels: dict | None = None) -> dict:
+        """Create the ConfigMap if missing, then read-change-replace guarded by resourceVersion."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            current = self.get_configmap(ns, name)
+            if current is None:
+                body = {"apiVersion": "v1", "kind": "ConfigMap", "data": {},
+                        "metadata": {"name": name, "namespace": ns, "labels": dict(labels or {})}}
+                desired = change(copy.deepcopy(body))
+                if desired is None:
+                    return body
+                try:
+                    created = self.core.create_namespaced_config_map(ns, desired, field_manager=FIELD_MANAGER)
+                    return self.api.sanitize_for_serialization(created)
+                except ApiException as err:
+                    if err.status == 409:
+                        continue  # created meanwhile: change that one
+                    raise self.fail(f"{ns}/{name}", "create ConfigMap", err) from None
+            desired = change(copy.deepcopy(current))
+            if desired is None or desired == current:
+                return current
+            desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            desired["metadata"].pop("managedFields", None)
+            try:
+                replaced = self.core.replace_namespaced_config_map(name, ns, desired, field_manager=FIELD_MANAGER)
+                return self.api.sanitize_for_serialization(replaced)
+            except ApiException as err:
+                if err.status == 409:
+                    continue
+                raise self.fail(f"{ns}/{name}", "update ConfigMap", err) from None
+        raise StageFailed(self.stage, f"{ns}/{name}", f"ConfigMap kept changing under llmship ({MAX_CONFLICT_RETRIES} conflicts)",
+                          "another llmship or user is writing it; stop them and re-run")
+
+    def list_custom(self, kind: Kind, ns: str, label_selector: str | None = None) -> list[dict]:
+        try:
+            return self.custom.list_namespaced_custom_object(kind.group, kind.version, ns, kind.plural,
+                                                             label_selector=label_selector or "")["items"]
+        except ApiException as err:
+            if err.status == 404:
+                return []
+            raise self.fail(ns, f"list {kind.kind}", err) from None
+
     # -- core, read-only -----------------------------------------------------------------
+
+    def deployment(self, ns: str, name: str) -> dict | None:
+        try:
+            return self.api.sanitize_for_serialization(self.apps.read_namespaced_deployment(name, ns))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise self.fail(f"{ns}/{name}", "get Deployment", err) from None
+
+    def pods_of(self, ns: str, deployment: dict) -> list[dict]:
+        """The pods a Deployment selects (by its own selector, not by name)."""
+        match = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        selector = ",".join(f"{k}={v}" for k, v in sorted(match.items()))
+        try:
+            pods = self.core.list_namespaced_pod(ns, label_selector=selector).items
+        except ApiException as err:
+            raise self.fail(ns, "list Pods", err) from None
+        return [self.api.sanitize_for_serialization(p) for p in pods]
 
     def events_for(self, ns: str, prefix: str, limit: int = 15) -> list[str]:
         try:

@@ -7,31 +7,33 @@ so what a user reviews is what llmship sends.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 
 import yaml
 
 from tasks.errors import BadInput
-from tasks.spec import PromotionSpec
+from tasks.spec import PromotionSpec, is_predictive
 
 SERVING_API = "serving.kserve.io/v1beta1"
 RUNTIME_API = "serving.kserve.io/v1alpha1"
 LLMISVC_API = "serving.kserve.io/v1alpha2"
 PORT = 8080
+RUNTIME_KIND_LABEL = "llmship.io/runtime"
 
-# Annotations on the InferenceService that say what serves now (read by the triggers).
+# What serves and the canary's record live in a ConfigMap (tasks.kserve.records), not on the
+# InferenceService: KServe copies an InferenceService's annotations into its pod template, so
+# writing one restarts the pods (unless the operator lists it in serviceAnnotationDisallowedList).
+# Older llmship versions wrote these; they are still read, never written.
 ANN_DIGEST = "llmship.io/artifact-digest"
 ANN_SOURCE = "llmship.io/model-source"
 ANN_REGISTRY_VERSION = "llmship.io/registry-version"
 ANN_SPEC_DIGEST = "llmship.io/spec-digest"
-# Set while a rollout is in flight; a re-run reads them to finish or undo it.
-ANN_CANDIDATE_DIGEST = "llmship.io/candidate-digest"
-ANN_CANDIDATE_SOURCE = "llmship.io/candidate-source"
-ANN_CANDIDATE_REGISTRY_VERSION = "llmship.io/candidate-registry-version"
-ANN_STABLE_PREDICTOR = "llmship.io/stable-predictor"  # JSON of the predictor to restore on rollback
 ANN_MODE = "serving.kserve.io/deploymentMode"
 ANN_AUTOSCALER = "serving.kserve.io/autoscalerClass"
+# Knative mode: KServe tags the newest revision `latest` (its own URL) only with this set.
+ANN_TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
 
 DEFAULT_IMAGES = {
     "vllm": "vllm/vllm-openai:v0.11.0",
@@ -50,14 +52,20 @@ def runtime_kind(spec: PromotionSpec) -> str:
 
 
 def runtime_name(spec: PromotionSpec) -> str:
-    return f"llmship-{runtime_kind(spec)}"
+    """Named by its content: a new runtime is a new object, so the stable's never changes under it
+    (KServe re-renders every InferenceService on a runtime when the runtime changes)."""
+    return serving_runtime(spec)["metadata"]["name"]
+
+
+# What KServe's storage initializer reads (pkg/agent/storage, kserve v0.20.0).
+KSERVE_STORAGE_SCHEMES = ("s3://", "pvc://", "gs://", "hf://", "oci://", "http://", "https://")
 
 
 def storage_uri_for(spec: PromotionSpec, published_uri: str) -> str:
     uri = spec.target.storage_uri or published_uri
-    if not uri.startswith(("s3://", "pvc://")):
+    if not uri.startswith(KSERVE_STORAGE_SCHEMES):
         raise BadInput(
-            "render", f"storage uri {uri!r}", "KServe loads models from s3:// or pvc:// only",
+            "render", f"storage uri {uri!r}", f"KServe loads models from {', '.join(KSERVE_STORAGE_SCHEMES)} only",
             "set storage.uri to s3://bucket/prefix or pvc://claim/path, or target.storage_uri to where the cluster reads it",
         )
     return uri
@@ -129,19 +137,24 @@ def serving_runtime(spec: PromotionSpec) -> dict:
     container["ports"] = [{"containerPort": PORT, "name": "http1", "protocol": "TCP"}]
     container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
     container["resources"] = {"requests": {"cpu": "1", "memory": "2Gi"}}
+    body = {
+        "annotations": dict(prom),  # copied onto predictor pods: Prometheus scrapes these
+        # Never auto-selected: each InferenceService names its runtime, and KServe's webhook refuses two
+        # auto-selecting runtimes of one format and priority in a namespace (servingruntime_webhook.go).
+        "supportedModelFormats": [{"name": MODEL_FORMAT[kind], "autoSelect": False}],
+        "protocolVersions": ["v2"] if kind == "triton" else ["v1"],
+        "multiModel": False,
+        "containers": [container],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.target.shm_size}}],
+    }
+    content = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
     return {
         "apiVersion": RUNTIME_API,
         "kind": "ServingRuntime",
-        "metadata": {"name": runtime_name(spec), "namespace": spec.target.namespace,
-                     "labels": {"app.kubernetes.io/managed-by": "llmship"}, "annotations": dict(prom)},
-        "spec": {
-            "annotations": dict(prom),  # copied onto predictor pods: Prometheus scrapes these
-            "supportedModelFormats": [{"name": MODEL_FORMAT[kind], "autoSelect": True, "priority": 1}],
-            "protocolVersions": ["v2"] if kind == "triton" else ["v1"],
-            "multiModel": False,
-            "containers": [container],
-            "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.target.shm_size}}],
-        },
+        "metadata": {"name": f"llmship-{kind}-{content}", "namespace": spec.target.namespace,
+                     "labels": {"app.kubernetes.io/managed-by": "llmship", RUNTIME_KIND_LABEL: kind},
+                     "annotations": dict(prom)},
+        "spec": body,
     }
 
 
@@ -155,7 +168,6 @@ def predictor(spec: PromotionSpec, storage_uri: str, name: str | None = None, ca
     """spec.predictor of the InferenceService (or of a spec.canary[] entry when canary)."""
     t = spec.target
     model = {
-        "name": "kserve-container",  # the CRD requires it on spec.canary[] predictors; same on stable
         "modelFormat": {"name": MODEL_FORMAT[runtime_kind(spec)]},
         "runtime": runtime_name(spec),
         "storageUri": storage_uri,
@@ -171,11 +183,29 @@ def predictor(spec: PromotionSpec, storage_uri: str, name: str | None = None, ca
         "minReplicas": t.min_replicas,
         "model": model,
     }
-    if name:
+    if canary:
+        # spec.canary[] entries need a name (the CRD also asks model.name); KServe refuses
+        # autoscaling fields there and sizes the canary from its traffic share, so no replicas.
         p["name"] = name
-    if not canary:  # KServe refuses autoscaling fields on spec.canary[] entries
+        model["name"] = "kserve-container"
+        del p["minReplicas"]
+    else:
+        # KServe's validating webhook refuses a name on the stable predictor (model.name too).
         p["maxReplicas"] = max(t.max_replicas, t.min_replicas)
     return p
+
+
+def isvc_annotations(spec: PromotionSpec, mode: str | None = None) -> dict[str, str]:
+    """The InferenceService's annotations: only what KServe reads. They never change across
+    promotions of one spec, so writing them restarts nothing."""
+    t = spec.target
+    ann = {ANN_TAG_ROUTING: "true"}
+    mode = mode or t.deployment_mode
+    if mode:
+        ann[ANN_MODE] = mode
+    if t.keda.enabled:
+        ann[ANN_AUTOSCALER] = "external"  # KEDA owns the replica count, not KServe's HPA
+    return ann
 
 
 def inference_service(
@@ -187,14 +217,7 @@ def inference_service(
     name: str | None = None,
 ) -> dict:
     t = spec.target
-    ann = {ANN_DIGEST: artifact_digest, ANN_SOURCE: spec.model.source, ANN_SPEC_DIGEST: spec.digest()}
-    if registry_version:
-        ann[ANN_REGISTRY_VERSION] = registry_version
-    mode = mode or t.deployment_mode
-    if mode:
-        ann[ANN_MODE] = mode
-    if t.keda.enabled:
-        ann[ANN_AUTOSCALER] = "external"  # KEDA owns the replica count, not KServe's HPA
+    ann = isvc_annotations(spec, mode)
     return {
         "apiVersion": SERVING_API,
         "kind": "InferenceService",
@@ -309,12 +332,32 @@ def prometheus_rule(spec: PromotionSpec) -> dict:
     }
 
 
+def pod_monitor(spec: PromotionSpec) -> dict:
+    """Prometheus Operator scrapes vLLM's /metrics on every predictor pod of the name (stable,
+    canary, blue-green candidate): in Standard mode nothing else would (KServe's
+    prometheus.kserve.io annotations are read only by a Prometheus configured for them).
+    The operator labels each series with `namespace` and `pod`, which the canary selects on."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": {"name": f"{spec.name}-vllm", "namespace": spec.target.namespace, "labels": labels(spec)},
+        "spec": {
+            "selector": {"matchExpressions": [{"key": "serving.kserve.io/inferenceservice", "operator": "In",
+                                               "values": [spec.name, f"{spec.name}-candidate"]}]},
+            # llmship's runtimes name the port http1; KServe's own (kserve-mlserver, ...) name none, on 8080
+            "podMetricsEndpoints": [{**({"portNumber": PORT} if is_predictive(spec) else {"port": "http1"}),
+                                     "path": "/metrics", "interval": "15s"}],
+        },
+    }
+
+
 DEPLOYER_SA = "llmship-deployer"
 
 
 def rbac(spec: PromotionSpec) -> list[dict]:
     """What llmship itself needs: its objects in the target namespace, read-only elsewhere."""
     ns = spec.target.namespace
+    kserve_ns = spec.target.kserve_namespace or "kserve"
     meta = {"namespace": ns, "labels": {"app.kubernetes.io/managed-by": "llmship"}}
     rw = ["get", "list", "watch", "create", "update", "patch", "delete"]
     role = {
@@ -322,11 +365,16 @@ def rbac(spec: PromotionSpec) -> list[dict]:
         "metadata": {"name": "llmship-deployer", **meta},
         "rules": [
             {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices", "llminferenceservices"], "verbs": rw},
+            # one runtime per content, deleted once no InferenceService names it
             {"apiGroups": ["serving.kserve.io"], "resources": ["servingruntimes"],
-             "verbs": ["get", "list", "watch", "create", "update", "patch"]},
+             "verbs": ["get", "list", "watch", "create", "delete"]},
             {"apiGroups": ["keda.sh"], "resources": ["scaledobjects"], "verbs": ["get", "create", "update"]},
+            # llmship-<name>: what serves and the canary's record
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]},
             {"apiGroups": [""], "resources": ["events", "pods"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"], "verbs": ["get", "list"]},
         ],
     }
     binding = {
@@ -335,10 +383,10 @@ def rbac(spec: PromotionSpec) -> list[dict]:
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "llmship-deployer"},
         "subjects": [{"kind": "ServiceAccount", "name": DEPLOYER_SA, "namespace": ns}],
     }
-    # Mode and version detection read KServe's config and controller, and the ISVC CRD.
+    # Mode, version and split detection read KServe's config and controller.
     kserve_role = {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": {"name": "llmship-kserve-reader", "namespace": "kserve",
+        "metadata": {"name": "llmship-kserve-reader", "namespace": kserve_ns,
                      "labels": {"app.kubernetes.io/managed-by": "llmship"}},
         "rules": [
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["inferenceservice-config"], "verbs": ["get"]},
@@ -347,7 +395,7 @@ def rbac(spec: PromotionSpec) -> list[dict]:
     }
     kserve_binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": f"llmship-kserve-reader-{ns}", "namespace": "kserve",
+        "metadata": {"name": f"llmship-kserve-reader-{ns}", "namespace": kserve_ns,
                      "labels": {"app.kubernetes.io/managed-by": "llmship"}},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "llmship-kserve-reader"},
         "subjects": [{"kind": "ServiceAccount", "name": DEPLOYER_SA, "namespace": ns}],
@@ -356,7 +404,12 @@ def rbac(spec: PromotionSpec) -> list[dict]:
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
         "metadata": {"name": "llmship-crd-reader", "labels": {"app.kubernetes.io/managed-by": "llmship"}},
         "rules": [{"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
-                   "resourceNames": ["inferenceservices.serving.kserve.io"], "verbs": ["get"]}],
+                   "resourceNames": ["inferenceservices.serving.kserve.io"], "verbs": ["get"]},
+                  # where KServe runs: the namespace of the service its webhook calls
+                  {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"],
+                   "resourceNames": ["inferenceservice.serving.kserve.io"], "verbs": ["get"]},
+                  # ... or of the controller's Deployment (a webhook called by url names no service)
+                  {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list"]}],
     }
     crd_binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -388,6 +441,10 @@ def render_all(
     """Every manifest for the spec, in apply order."""
     if spec.target.kind != "kserve":
         raise BadInput("render", spec.name, "target.kind is not kserve", "set target.kind: kserve to render KServe manifests")
+    if is_predictive(spec):  # KServe's own runtimes (kserve-mlserver, ...): tasks/kserve/render_predictive.py
+        from tasks.kserve.render_predictive import render_predictive
+
+        return render_predictive(spec, storage_uri, artifact_digest, registry_version, mode)
     uri = storage_uri_for(spec, storage_uri)
     t = spec.target
     objs: list[dict] = rbac(spec)
@@ -400,4 +457,8 @@ def render_all(
     if t.keda.enabled:
         objs.append(scaled_object(spec, prom))
     objs.append(prometheus_rule(spec))
+    objs.append(pod_monitor(spec))
+    from tasks.monitoring import monitoring_manifests  # the Grafana dashboard ConfigMap (tasks/monitoring)
+
+    objs += monitoring_manifests(spec)
     return objs

@@ -1,9 +1,13 @@
-"""Wait on an InferenceService through a watch stream until a condition holds.
+"""Wait until the cluster reports a change itself, judged on the thing that changed.
 
-Each check reads the status KServe writes: the Ready / PredictorReady / IngressReady
-conditions, status.components.predictor (revisions and traffic), status.modelStatus and
-status.canaryStatuses. A FailedToLoad model fails at once; a timeout fails with the
-conditions, the recent Events and the predictor pod's log tail.
+KServe's `status.observedGeneration` is copied from a child object (the stable Deployment in
+Standard mode, the Knative Service in Knative mode: kserve v0.20.0
+pkg/apis/serving/v1beta1/inference_service_status.go), so it is not compared with the
+InferenceService's own generation. Each check reads what the controller reports for what
+was changed: a Deployment's rollout status and its pods, a Knative revision and the traffic
+block, canaryStatuses, an LLMInferenceService group's members. A crashing or unschedulable
+pod, or a model that FailedToLoad, fails at once; a timeout fails with the conditions, the
+recent Events and a pod's log tail.
 """
 
 from __future__ import annotations
@@ -11,14 +15,14 @@ from __future__ import annotations
 import time
 from typing import Callable, Literal
 
-from kubernetes import watch
-from kubernetes.client.rest import ApiException
-from urllib3.exceptions import HTTPError as Urllib3Error
-
 from tasks.errors import StageFailed
-from tasks.kserve.cluster import ISVC, Cluster
+from tasks.kserve.cluster import Cluster
 
 Verdict = tuple[Literal["ok", "wait", "fail"], str]
+POLL_S = 1.0
+# Container states that never end in a serving pod without a change to its spec.
+STUCK = ("CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError", "InvalidImageName",
+         "CreateContainerError", "RunContainerError")
 
 
 def condition(obj: dict, ctype: str) -> dict | None:
@@ -33,10 +37,6 @@ def is_true(obj: dict, ctype: str) -> bool:
     return bool(c) and c.get("status") == "True"
 
 
-def generation_observed(obj: dict) -> bool:
-    return (obj.get("status") or {}).get("observedGeneration", 0) >= obj["metadata"].get("generation", 0)
-
-
 def predictor_status(obj: dict) -> dict:
     return ((obj.get("status") or {}).get("components") or {}).get("predictor") or {}
 
@@ -49,11 +49,53 @@ def failed_to_load(model_status: dict | None) -> str | None:
     return None
 
 
+def pod_trouble(pods: list[dict]) -> str | None:
+    """Why these pods will not serve as they are (crash loop, restarts, bad image, failed), or None."""
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        st = pod.get("status") or {}
+        if st.get("phase") == "Failed":
+            return f"pod {name} Failed: {st.get('reason') or ''} {st.get('message') or ''}".strip()
+        for cs in (st.get("containerStatuses") or []) + (st.get("initContainerStatuses") or []):
+            waiting = ((cs.get("state") or {}).get("waiting") or {})
+            if waiting.get("reason") in STUCK:
+                return f"pod {name} container {cs.get('name')}: {waiting['reason']} {waiting.get('message') or ''}".strip()
+            if cs.get("restartCount", 0) >= 2:
+                last = ((cs.get("lastState") or {}).get("terminated") or {})
+                return (f"pod {name} container {cs.get('name')} restarted {cs['restartCount']} times"
+                        + (f" (last exit {last.get('exitCode')}: {last.get('reason') or ''})" if last else ""))
+        for c in st.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+                return f"pod {name} cannot be scheduled: {c.get('message') or ''}"
+    return None
+
+
+def rollout_verdict(dep: dict | None, pods: list[dict]) -> Verdict:
+    """A Deployment whose newest spec runs on every replica, available; its pods not stuck."""
+    if dep is None:
+        return "wait", "Deployment not created yet"
+    name = dep["metadata"]["name"]
+    trouble = pod_trouble(pods)
+    if trouble:
+        return "fail", trouble
+    spec, st = dep.get("spec") or {}, dep.get("status") or {}
+    for c in st.get("conditions") or []:
+        if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
+            return "fail", f"Deployment {name}: {c.get('message') or 'progress deadline exceeded'}"
+    want = spec.get("replicas", 1)
+    if st.get("observedGeneration", 0) < dep["metadata"].get("generation", 0):
+        return "wait", f"Deployment {name}: controller has not seen generation {dep['metadata'].get('generation')}"
+    updated, available, total = st.get("updatedReplicas", 0), st.get("availableReplicas", 0), st.get("replicas", 0)
+    if updated >= want and available >= want and total <= want:
+        return "ok", f"Deployment {name}: {available}/{want} available on the newest spec"
+    return "wait", f"Deployment {name}: {updated} updated, {available} available, {total} in all of {want}"
+
+
 def describe(obj: dict | None) -> str:
     if not obj:
         return "(object not found)"
     st = obj.get("status") or {}
-    lines = [f"generation {obj['metadata'].get('generation')} observed {st.get('observedGeneration')}"]
+    lines = [f"{obj.get('kind', '')} {obj['metadata'].get('name')} generation {obj['metadata'].get('generation')}"]
     for c in st.get("conditions") or []:
         lines.append(f"condition {c.get('type')}={c.get('status')} {c.get('reason') or ''} {c.get('message') or ''}".rstrip())
     pred = predictor_status(obj)
@@ -71,63 +113,28 @@ def describe(obj: dict | None) -> str:
 
 
 def diagnostics(cluster: Cluster, ns: str, name: str, obj: dict | None, pod_prefix: str) -> str:
-    parts = ["conditions:", describe(obj), "recent events:"]
+    parts = ["status:", describe(obj), "recent events:"]
     parts += cluster.events_for(ns, name) or ["(none)"]
     pod, log = cluster.pod_log_tail(ns, pod_prefix)
-    parts.append(f"log tail of pod {pod}:" if pod else f"no predictor pod matching {pod_prefix}*")
+    parts.append(f"log tail of pod {pod}:" if pod else f"no pod matching {pod_prefix}*")
     if log:
         parts.append(log.rstrip())
     return "\n".join(parts)
 
 
-def wait_for(
-    cluster: Cluster,
-    ns: str,
-    name: str,
-    check: Callable[[dict], Verdict],
-    timeout_s: float,
-    what: str,
-    pod_prefix: str,
-    stage: str = "deploy",
-) -> dict:
-    """Return the object once check says ok; raise StageFailed on fail or timeout."""
+def wait_until(check: Callable[[], Verdict], timeout_s: float, what: str, obj: str,
+               explain: Callable[[], str], stage: str = "deploy", poll_s: float = POLL_S) -> str:
+    """Poll `check` until ok (returns its message); StageFailed on fail or timeout, with `explain()`."""
     deadline = time.monotonic() + timeout_s
-    obj = cluster.get(ISVC, ns, name)
-    last_msg = "not found"
     while True:
-        if obj is not None:
-            verdict, last_msg = check(obj)
-            if verdict == "ok":
-                return obj
-            if verdict == "fail":
-                raise StageFailed(stage, f"{ns}/{name}", f"{what}: {last_msg}",
-                                  "see the pod log below; fix the model or engine args and re-run",
-                                  detail=diagnostics(cluster, ns, name, obj, pod_prefix))
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise StageFailed(stage, f"{ns}/{name}", f"{what}: timed out after {timeout_s:.0f}s ({last_msg})",
+        verdict, msg = check()
+        if verdict == "ok":
+            return msg
+        if verdict == "fail":
+            raise StageFailed(stage, obj, f"{what}: {msg}", "see the status, events and pod log below; fix the "
+                              "model or engine args and re-run", detail=explain())
+        if time.monotonic() >= deadline:
+            raise StageFailed(stage, obj, f"{what}: timed out after {timeout_s:.0f} s ({msg})",
                               "raise target.ready_timeout_s for slow loads, or read the events and log below",
-                              detail=diagnostics(cluster, ns, name, obj, pod_prefix))
-        rv = obj["metadata"]["resourceVersion"] if obj else None
-        w = watch.Watch()
-        try:
-            for ev in w.stream(cluster.custom.list_namespaced_custom_object, ISVC.group, ISVC.version, ns, ISVC.plural,
-                               field_selector=f"metadata.name={name}", resource_version=rv,
-                               timeout_seconds=max(1, int(min(left, 30)))):
-                if ev["type"] == "DELETED":
-                    obj = None
-                elif ev["type"] in ("ADDED", "MODIFIED"):
-                    obj = ev["object"]
-                else:
-                    continue
-                if obj is not None and check(obj)[0] != "wait":
-                    break
-        except ApiException as err:
-            if err.status != 410:  # 410 Gone: our resourceVersion is too old; re-read below
-                raise cluster.fail(f"{ns}/{name}", "watch InferenceService", err) from None
-        except (Urllib3Error, OSError):
-            time.sleep(0.2)  # a dropped stream: re-read and watch again
-        finally:
-            w.stop()
-        if obj is None or check(obj)[0] == "wait":
-            obj = cluster.get(ISVC, ns, name)
+                              detail=explain())
+        time.sleep(poll_s)

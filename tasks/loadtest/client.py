@@ -26,6 +26,7 @@ _now = time.perf_counter
 # response states
 _IDLE, _HEAD, _CHUNKED, _LENGTH, _UNTIL_CLOSE, _TRAILER = range(6)
 _MAX_HEAD = 65536
+SERVER_HEADER = "x-llmship-slot"  # set by the local front door (tasks.local.frontdoor) on every response
 
 
 class Req:
@@ -33,7 +34,7 @@ class Req:
 
     __slots__ = (
         "idx", "prompt", "t_sched", "t_start", "t_done", "times", "pieces", "status", "error",
-        "error_detail", "retried",
+        "error_detail", "retried", "server",
     )
 
     def __init__(self, idx: int, prompt: int, t_sched: float):
@@ -48,6 +49,7 @@ class Req:
         self.error: str | None = None  # short reason, counted in the report
         self.error_detail = ""
         self.retried = False
+        self.server = ""  # the front door's x-llmship-slot: which backend answered
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,8 @@ class Conn(asyncio.Protocol):
                 length = int(v.strip())
             elif k == "connection":
                 close = "close" in v.lower()
+            elif k == SERVER_HEADER:
+                self.req.server = v.strip()
         if 100 <= status < 200:  # interim response; the real one follows
             self._head(buf[end + 4 :])
             return

@@ -17,7 +17,9 @@ class _Strict(BaseModel):
 class LoadProfile(_Strict):
     """How requests are sent. Bounded by duration or by request count (or both)."""
 
-    endpoint: Literal["completions", "chat"] = "completions"
+    endpoint: Literal["completions", "chat", "v2"] = Field(
+        "completions", description="completions / chat (OpenAI API); v2: Open Inference Protocol /v2/models/{name}/infer"
+    )
     mode: Literal["concurrency", "rate", "poisson", "sweep"] = "concurrency"
     concurrency: int = Field(4, ge=1, le=100_000, description="in-flight requests (mode: concurrency; a cap otherwise)")
     rate: float | None = Field(None, gt=0, description="requests per second (modes: rate, poisson)")
@@ -30,6 +32,7 @@ class LoadProfile(_Strict):
     output_tokens: int = Field(16, ge=1)
     dataset: str | None = Field(None, description="JSONL file of prompts instead of synthetic ones")
     seed: int = 0
+    rows_per_request: int = Field(1, ge=1, le=100_000, description="endpoint v2: rows (examples) in each generated request")
     request_timeout_s: float = Field(60.0, gt=0)
     ignore_eos: bool = Field(True, description="ask the server for exactly output_tokens tokens (vLLM extension)")
     sweep_steps: int = Field(6, ge=2, le=50, description="mode sweep: points from synchronous to max throughput")
@@ -53,3 +56,5 @@ class SLO(_Strict):
     e2e_p99_ms: float | None = Field(None, gt=0)
     max_error_rate: float = Field(0.0, ge=0, le=1)
     min_output_tokens_per_s: float | None = Field(None, ge=0)
+    latency_p99_ms: float | None = Field(None, gt=0, description="p99 request latency (V2 load test of predictive models)")
+    min_requests_per_s: float | None = Field(None, ge=0, description="least completed requests per second (V2 load test)")

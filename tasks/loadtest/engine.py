@@ -401,7 +401,7 @@ def _connect_error(base_url: str, detail: str):
 
 
 def _result(req: Req, t0: float, prep: _Prepared, need_text: bool) -> RequestResult:
-    r = RequestResult(idx=req.idx, start=req.t_start - t0, queued=max(0.0, req.t_start - req.t_sched))
+    r = RequestResult(idx=req.idx, start=req.t_start - t0, queued=max(0.0, req.t_start - req.t_sched), server=req.server)
     prompt = prep.prompts[req.prompt]
     r.input_tokens = prompt.input_tokens
     if req.error is not None:
@@ -507,7 +507,7 @@ def _report(run: _Run, results: list[RequestResult], slo: SLO | None, keep_recor
                 tpot_ms=r.tpot * 1000 if r.ok and r.output_tokens > 1 else None,
                 e2el_ms=r.latency * 1000 if r.ok else None,
                 itl_ms=[x * 1000 for x in r.itls], input_tokens=r.input_tokens,
-                output_tokens=r.output_tokens, error=r.error, detail=r.detail if not r.ok else "",
+                output_tokens=r.output_tokens, error=r.error, detail=r.detail if not r.ok else "", server=r.server,
             )
             for r in kept
         ]
@@ -522,7 +522,12 @@ async def _single(prep: _Prepared, profile: LoadProfile, slo: SLO | None, progre
     await run.execute()
     await _wait_quiet()
     results = await _analyse(run)
-    return _report(run, results, slo, keep_records, label)
+    rep = _report(run, results, slo, keep_records, label)
+    servers = sorted({r.server for r in results if r.server})
+    if len(servers) > 1:  # behind a front door: the same window, as each backend served it
+        rep.by_server = {s: _report(run, [r for r in results if r.server == s], slo, keep_records, f"{label or ''} {s}")
+                         for s in servers}
+    return rep
 
 
 # ------------------------------------------------------------------ sweep
@@ -552,15 +557,18 @@ def _edge(runs: list[tuple[SweepPoint, LoadReport]]) -> tuple[float | None, floa
 
 
 async def _sweep(prep: _Prepared, profile: LoadProfile, slo: SLO | None, progress: bool, keep_records: bool,
-                 label: str | None) -> LoadReport:
-    """GuideLLM-style: synchronous, then max throughput, then constant rates in between; bisect the edge."""
+                 label: str | None, single=None) -> LoadReport:
+    """GuideLLM-style: synchronous, then max throughput, then constant rates in between; bisect the edge.
+
+    `single` runs one load level (default `_single`; the V2 load test passes its own)."""
+    single = single or _single
     runs: list[tuple[SweepPoint, LoadReport]] = []
 
     async def at(kind: str, rate: float | None, conc: int) -> LoadReport:
         upd = {"mode": "concurrency", "concurrency": conc} if rate is None else {"mode": "rate", "rate": rate}
         sub = profile.model_copy(update=upd)
         name = kind if rate is None else f"rate {rate:.2f}/s"
-        rep = await _single(prep, sub, slo, progress, keep_records, f"{label or prep.model} sweep: {name}")
+        rep = await single(prep, sub, slo, progress, keep_records, f"{label or prep.model} sweep: {name}")
         runs.append((_point(name, rate, sub, rep), rep))
         return rep
 
@@ -609,7 +617,7 @@ async def arun_load_test(
     progress: bool = False,
     *,
     headers: dict[str, str] | None = None,
-    keep_records: bool = False,
+    keep_records: bool = True,
     label: str | None = None,
 ) -> LoadReport:
     """Run one load test against an OpenAI-compatible server; returns the report with the SLO verdict.
@@ -620,6 +628,11 @@ async def arun_load_test(
     Several calls may run at once in one event loop.
     Raises StageFailed when the server cannot be reached, BadInput for a bad URL or dataset.
     """
+    if profile.endpoint == "v2":  # the Open Inference Protocol (predictive models): tasks/loadtest/v2.py
+        from .v2 import arun_v2_load_test
+
+        return await arun_v2_load_test(base_url, model, profile, slo, progress, headers=headers,
+                                       keep_records=keep_records, label=label)
     target = client.parse_target(base_url)
     if not model:
         raise BadInput("load_test", base_url, "no model name", hint="pass the served model name (see /v1/models)")

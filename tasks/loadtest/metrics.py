@@ -44,6 +44,7 @@ class RequestResult:
     detail: str = ""
     input_src: str = "estimate"  # usage | tokenizer | estimate
     output_src: str = "usage"  # usage | tokenizer | chunks
+    server: str = ""  # which backend answered, when a front door says (x-llmship-slot)
 
     @property
     def ok(self) -> bool:

@@ -36,6 +36,7 @@ class RequestRecord(BaseModel):
     output_tokens: int = 0
     error: str | None = None
     detail: str = ""
+    server: str = ""  # the backend that answered, when a front door named it
 
 
 class SweepPoint(BaseModel):
@@ -128,6 +129,7 @@ class LoadReport(BaseModel):
     records: list[RequestRecord] | None = None
     sweep: list[SweepPoint] | None = None
     max_rate_meeting_slo: float | None = None
+    by_server: dict[str, "LoadReport"] | None = None  # behind a front door: each backend's share of the run
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -138,7 +140,9 @@ class LoadReport(BaseModel):
     # ---------------------------------------------------------------- output
     def vllm_dict(self, detailed: bool = True) -> dict[str, Any]:
         """All fields, plus vllm's per-request lists when records were kept and `detailed`."""
-        out = self.model_dump(mode="json", exclude={"records"} if not detailed else set())
+        out = self.model_dump(mode="json", exclude={"records", "by_server"} if not detailed else {"by_server"})
+        if self.by_server:
+            out["by_server"] = {k: v.vllm_dict(detailed=False) for k, v in self.by_server.items()}
         if detailed and self.records is not None:
             recs = self.records
             out["input_lens"] = [r.input_tokens for r in recs]

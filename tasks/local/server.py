@@ -1,14 +1,22 @@
 """Start, check and stop real vLLM servers as subprocesses on loopback.
 
 A server runs in its own process session, so it outlives the flow that started it (the
-stable model must keep serving after `llmship promote` exits) and stops as one group.
+stable model must keep serving after `llmship promote` exits) and stops as one session.
+
+Every server llmship starts is the leader of a new session, so its recorded pid is also the id
+of its session, which stays valid after the leader dies while any member lives. vLLM's API
+server forks an EngineCore, which forks its Workers (2-3 GB); when the API server dies (killed,
+crashed, OOM) they run on with parent 1, still in that session. So a server is stopped as every
+process of its session, found in /proc (psutil), never through os.getpgid(pid), which fails as
+soon as the leader is gone. A vLLM server also carries LLMSHIP_SERVER_LOG=<its log path> in its
+environment (inherited by every child), which names the processes of a recorded server even if
+one left the session, and keeps a reused pid from being taken for an old server.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +30,7 @@ from tasks.spec import EngineArgs, LocalTarget
 from tasks.values import Endpoint
 
 STAGE = "deploy"
+MARKER_ENV = "LLMSHIP_SERVER_LOG"  # set in every vLLM server's environment: the server's log path
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -84,33 +93,98 @@ def log_tail(path: str | Path | None, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def stop_server(pid: int | None, timeout_s: float = 20.0) -> bool:
-    """Stop a server's whole process group; True if something was running."""
-    if not pid:
-        return False
-    try:
-        pgid = os.getpgid(pid)
-    except ProcessLookupError:
-        return False
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def server_processes(pid: int | None, marker: str | None = None) -> list:
+    """Live processes (psutil.Process) of the server started as session `pid`: every process of
+    that session, and every process whose environment carries MARKER_ENV=marker. Processes that
+    carry another server's marker are not this server's (the pid was reused)."""
+    import psutil
+
+    if not pid and not marker:
+        return []
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
         try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            break
-        _reap(pid)
-        time.sleep(0.2)
-    else:
+            in_session = bool(pid) and os.getsid(proc.pid) == pid
+            if not in_session and marker is None:
+                continue
+            env_marker = proc.environ().get(MARKER_ENV) if (marker is not None or in_session) else None
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+        if marker is not None and env_marker == marker:
+            found.append(proc)
+        elif in_session and (env_marker is None or marker is None or env_marker == marker):
+            found.append(proc)
+    return found
+
+
+def unrecorded_servers(store_root: str | Path, known: set[str]) -> dict[str, list]:
+    """Live servers started for a store (their MARKER_ENV names a log under its servers/ folder)
+    whose log no record names, by log path: what a promotion killed while its server was still
+    starting leaves, since the candidate is recorded only once it serves."""
+    import psutil
+
+    prefix = str(Path(store_root) / "servers") + os.sep
+    found: dict[str, list] = {}
+    for proc in psutil.process_iter():
         try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
+            marker = proc.environ().get(MARKER_ENV)
+            if marker and marker.startswith(prefix) and marker not in known and proc.status() != psutil.STATUS_ZOMBIE:
+                found.setdefault(marker, []).append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def describe_processes(procs: list) -> list[str]:
+    """One line per process: pid, name and resident memory, for `llmship status`."""
+    lines = []
+    for p in procs:
+        try:
+            with p.oneshot():
+                lines.append(f"pid {p.pid} {p.name()} ({p.memory_info().rss / 2**20:.0f} MiB, parent {p.ppid()})")
+        except Exception:
+            continue
+    return lines
+
+
+def stop_processes(procs: list, timeout_s: float = 20.0) -> None:
+    """SIGTERM every process, SIGKILL what is left after timeout_s; children of ours are reaped."""
+    import psutil
+
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
             pass
-    _reap(pid)
-    return True
+    _, left = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in left:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=5)
+
+
+def stop_server(pid: int | None, timeout_s: float = 20.0, marker: str | None = None) -> bool:
+    """Stop every process of a server's session (the leader may already be gone); True if
+    something was running. marker (a record's log path) also finds processes that left it."""
+    if not pid and not marker:
+        return False
+    procs = server_processes(pid, marker)
+    if pid and not procs:
+        _reap(pid)
+        return False
+    stop_processes(procs, timeout_s)
+    late = server_processes(pid, marker)  # anything forked while the others stopped
+    if late:
+        stop_processes(late, 5.0)
+    if pid:
+        _reap(pid)
+    return bool(procs)
 
 
 def _reap(pid: int) -> None:
@@ -164,6 +238,7 @@ def start_vllm(
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    env[MARKER_ENV] = str(log_path)  # inherited by EngineCore and Workers: see the module docstring
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(target.cpu_kvcache_gib))))
     env.setdefault("PYTHONUNBUFFERED", "1")
     cmd = vllm_command(model_dir, served_name, args, host, port)

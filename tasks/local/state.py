@@ -22,13 +22,20 @@ class ServerRecord(BaseModel):
     artifact_digest: str
     artifact_path: str
     source: str
-    revision: str
+    revision: str  # the source's pinned revision (commit sha, folder digest, registry version's source)
     registry_version: str | None = None
     spec_digest: str
     base_url: str
     pid: int | None
     log_path: str | None
     since: str
+    serving_revision: str | None = None  # digest of everything that shapes the server (tasks.revision); None before it
+    serving_inputs: dict = {}
+    slot: str | None = None  # the front door slot it sits in
+    cpus: str | None = None  # VLLM_CPU_OMP_THREADS_BIND it was started with
+    startup_s: float | None = None  # from start until it answered a real completion
+    server: str = "vllm"  # vllm | mlserver
+    metrics_url: str | None = None  # where its Prometheus metrics are (MLServer serves them on their own port)
 
 
     def model_post_init(self, __context) -> None:
@@ -44,20 +51,25 @@ def _state_dir(store_uri: str) -> Path:
     return store_root(store_uri) / "state"
 
 
-def _path(store_uri: str, name: str, role: str) -> Path:
+ROLES = ("stable", "candidate")  # server records; "canary" is the canary's record (tasks.canary.machine)
+
+
+def state_file(store_uri: str, name: str, role: str) -> Path:
     suffix = "" if role == "stable" else f".{role}"
     return _state_dir(store_uri) / f"{name}{suffix}.json"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+
+def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
+
 def read_record(store_uri: str, name: str, role: str = "stable") -> ServerRecord | None:
-    path = _path(store_uri, name, role)
+    path = state_file(store_uri, name, role)
     if not path.is_file():
         return None
     return ServerRecord.model_validate_json(path.read_text())
@@ -68,11 +80,11 @@ def read_stable(store_uri: str, name: str) -> ServerRecord | None:
 
 
 def write_record(store_uri: str, record: ServerRecord, role: str = "stable") -> None:
-    _write_atomic(_path(store_uri, record.name, role), record.model_dump_json(indent=2) + "\n")
+    write_text_atomic(state_file(store_uri, record.name, role), record.model_dump_json(indent=2) + "\n")
 
 
 def clear_record(store_uri: str, name: str, role: str) -> None:
-    _path(store_uri, name, role).unlink(missing_ok=True)
+    state_file(store_uri, name, role).unlink(missing_ok=True)
 
 
 def append_history(store_uri: str, name: str, event: dict) -> None:
@@ -89,6 +101,8 @@ def list_records(store_uri: str) -> list[tuple[str, ServerRecord]]:
     if not folder.is_dir():
         return out
     for path in sorted(folder.glob("*.json")):
-        role = "candidate" if path.name.endswith(".candidate.json") else "stable"
-        out.append((role, ServerRecord.model_validate_json(path.read_text())))
+        parts = path.name[: -len(".json")].rsplit(".", 1)
+        role = parts[1] if len(parts) == 2 and parts[1] in ROLES + ("canary",) else "stable"
+        if role in ROLES:
+            out.append((role, ServerRecord.model_validate_json(path.read_text())))
     return out

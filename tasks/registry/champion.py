@@ -2,7 +2,7 @@
 
 `decide(spec)` asks the registry which version holds the alias (MLflow) or which commit heads
 the branch (Hugging Face), reads what serves now (the local state file, or the
-InferenceService's annotations), and says whether to promote, with a one-line reason.
+llmship's ConfigMap on the cluster), and says whether to promote, with a one-line reason.
 """
 
 from __future__ import annotations
@@ -14,11 +14,6 @@ from pydantic import BaseModel, ConfigDict
 from tasks.errors import BadInput, StageFailed
 from tasks.registry import hf_hub, mlflow_registry
 from tasks.spec import PromotionSpec
-
-ANNOTATION_VERSION = "llmship.io/registry-version"
-ANNOTATION_DIGEST = "llmship.io/artifact-digest"
-ANNOTATION_SOURCE = "llmship.io/model-source"  # the names tasks/kserve/render.py writes
-
 
 class Wanted(BaseModel):
     """What the registry calls the champion now."""
@@ -82,41 +77,17 @@ def serving_local(spec: PromotionSpec) -> Serving | None:
 
 
 def serving_kserve(spec: PromotionSpec) -> Serving | None:
-    from kubernetes import client, config
-    from kubernetes.client.exceptions import ApiException
+    """What the cluster's llmship record says serves (ConfigMap llmship-<name>; older
+    InferenceServices carry it in their annotations)."""
+    from tasks.kserve.cluster import Cluster
+    from tasks.kserve.records import configmap_name, read_serving
 
     t = spec.target
-    try:
-        api_client = config.new_client_from_config(config_file=t.kubeconfig, context=t.context)
-    except Exception:
-        try:
-            config.load_incluster_config()
-            api_client = client.ApiClient()
-        except Exception as err:
-            raise BadInput(
-                "schedule", "kubeconfig", f"no Kubernetes credentials: {err}",
-                "set target.kubeconfig / target.context in the spec, or run inside the cluster",
-            ) from None
-    try:
-        isvc = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-            "serving.kserve.io", "v1beta1", t.namespace, "inferenceservices", spec.name
-        )
-    except ApiException as err:
-        if err.status == 404:
-            return None
-        raise StageFailed(
-            "schedule", f"inferenceservice/{spec.name} in {t.namespace}", f"could not read it: {err.status} {err.reason}",
-            "check the cluster is reachable and the service account may get inferenceservices",
-        ) from None
-    return serving_from_annotations(isvc, t.namespace, spec.name)
-
-
-def serving_from_annotations(isvc: dict, namespace: str, name: str) -> Serving:
-    ann = (isvc.get("metadata") or {}).get("annotations") or {}
-    return Serving(
-        where=f"inferenceservice/{name} in {namespace}", registry_version=ann.get(ANNOTATION_VERSION),
-        source=ann.get(ANNOTATION_SOURCE), artifact_digest=ann.get(ANNOTATION_DIGEST),
-    )
+    rec = read_serving(Cluster.connect(spec, stage="schedule"), spec)
+    if rec is None:
+        return None
+    return Serving(where=f"ConfigMap {configmap_name(spec.name)} in {t.namespace}",
+                   registry_version=rec.registry_version, source=rec.source, artifact_digest=rec.artifact_digest)
 
 
 def serving_now(spec: PromotionSpec) -> Serving | None:

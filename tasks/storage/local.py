@@ -39,10 +39,13 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def publish_local(model_dir: str, store_uri: str, name: str, spec_digest: str, lineage: Lineage) -> PublishedArtifact:
     """Place a model folder into the store under its content digest; manifest.json last."""
     src = Path(model_dir)
-    digest, files = hash_tree(src)
+    digest, files = hash_tree(src)  # refuses links that leave the folder: the store never holds them
     root = store_root(store_uri)
     dest = artifact_dir(root, name, digest)
-    existing = read_manifest(dest)
+    try:
+        existing = read_manifest(dest)
+    except BadInput:
+        existing = None  # a damaged manifest in our own store: the artifact is rebuilt below
     if existing is not None and existing.artifact_digest == digest and not verify_folder(dest, existing):
         return PublishedArtifact(uri=str(dest), local_path=str(dest), digest=digest, manifest_uri=str(dest / "manifest.json"))
     if dest.exists():
@@ -50,7 +53,9 @@ def publish_local(model_dir: str, store_uri: str, name: str, spec_digest: str, l
     staging = dest.with_name(dest.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     for entry in files:
-        _link_or_copy(src / entry.path, staging / entry.path)
+        # the real file, not a link to it (link(2) would copy the link itself); hash_tree has
+        # checked that every link stays inside src
+        _link_or_copy(Path(os.path.realpath(src / entry.path)), staging / entry.path)
     manifest = build_manifest(name, spec_digest, files, lineage)
     problems = verify_folder(staging, manifest)
     if problems:

@@ -3,6 +3,7 @@ worker (the claim mounted at <root>/<claim>), laid out exactly like the local st
 
 from __future__ import annotations
 
+import re
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
@@ -17,10 +18,16 @@ def parse_pvc_url(url: str) -> tuple[str, str]:
     p = urlparse(url)
     if p.scheme != "pvc" or not p.netloc:
         raise BadInput("publish", url, "not a pvc:// URL", "use pvc://claim/path")
+    if not _CLAIM_RE.match(p.netloc):  # a claim name is a DNS subdomain; "..", "." would leave the mount root
+        raise BadInput("publish", url, f"{p.netloc!r} is not a PersistentVolumeClaim name",
+                       "use pvc://claim/path with the claim's name (lowercase letters, digits, '-', '.')")
     path = p.path.strip("/")
     if ".." in PurePosixPath(path).parts:
         raise BadInput("publish", url, "the path climbs out of the claim", "remove '..' from the path")
     return p.netloc, path
+
+
+_CLAIM_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 def pvc_path(url: str, mount_root: str) -> Path:

@@ -21,6 +21,8 @@ from tasks.storage.manifest import (
     Manifest,
     build_manifest,
     hash_tree,
+    inside,
+    parse_manifest,
     verify_folder,
 )
 from tasks.values import PublishedArtifact
@@ -73,7 +75,8 @@ def _client_error(err: Exception, stage: str, obj: str) -> StageFailed | BadInpu
                        detail=str(err))
 
 
-def read_manifest_s3(s3, bucket: str, prefix: str) -> Manifest | None:
+def read_manifest_s3(s3, bucket: str, prefix: str, stage: str = "publish") -> Manifest | None:
+    """The manifest under prefix, None when there is none; BadInput when it is not a valid one."""
     from botocore.exceptions import ClientError
 
     try:
@@ -82,7 +85,7 @@ def read_manifest_s3(s3, bucket: str, prefix: str) -> Manifest | None:
         if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
             return None
         raise
-    return Manifest.model_validate_json(body)
+    return parse_manifest(body, f"s3://{bucket}/{_join(prefix, MANIFEST)}", stage)
 
 
 def verify_s3(s3, bucket: str, prefix: str, manifest: Manifest) -> list[str]:
@@ -124,10 +127,13 @@ def publish_s3(model_dir: str, store_uri: str, name: str, spec_digest: str, line
     s3 = client(endpoint_url)
     config = config or transfer_config()
     try:
-        existing = read_manifest_s3(s3, bucket, prefix)
+        try:
+            existing, damaged = read_manifest_s3(s3, bucket, prefix), False
+        except BadInput:  # a damaged manifest in our own store: taken away, the artifact re-uploaded
+            existing, damaged = None, True
         if existing is not None and existing.artifact_digest == digest and not verify_s3(s3, bucket, prefix, existing):
             return PublishedArtifact(uri=uri, local_path=None, digest=digest, manifest_uri=f"{uri}/{MANIFEST}")
-        if existing is not None:
+        if existing is not None or damaged:
             # a manifest that no longer matches its objects: take it away first, so no reader trusts
             # the prefix while the files are replaced
             s3.delete_object(Bucket=bucket, Key=_join(prefix, MANIFEST))
@@ -152,8 +158,10 @@ def download_s3_prefix(url: str, dest: str | Path, endpoint_url: str | None = No
                        stage: str = "download") -> Path:
     """Download every object under s3://bucket/prefix into dest, keeping relative paths.
 
-    Where the prefix holds a manifest.json (an llmship artifact), every file is checked against
-    it; a plain model prefix is taken as it is.
+    Every key below the prefix must be a relative path inside dest (no absolute key, no '..',
+    '.' or empty segment); one that is not is BadInput naming it, and then nothing is written.
+    Where the prefix holds a manifest.json (an llmship artifact), it is checked the same way and
+    every file against it; a plain model prefix is taken as it is.
     """
     bucket, prefix = parse_s3_url(url)
     dest = Path(dest)
@@ -165,11 +173,13 @@ def download_s3_prefix(url: str, dest: str | Path, endpoint_url: str | None = No
             keys += [o["Key"] for o in page.get("Contents", []) if not o["Key"].endswith("/")]
         if not keys:
             raise BadInput(stage, url, "no objects under this prefix", "check the bucket and prefix")
-        for key in keys:
-            rel = key[len(_join(prefix)) :].lstrip("/") if prefix else key
-            if ".." in Path(rel).parts:
-                raise BadInput(stage, f"s3://{bucket}/{key}", "object key escapes the prefix", "remove that object")
-            target = dest / rel
+        # Every target first, so one hostile key means nothing at all is written.
+        start = len(_join(prefix)) + 1 if prefix else 0
+        targets = [(key, inside(dest, key[start:], stage, f"s3://{bucket}/{key}")) for key in keys]
+        manifest_key = _join(prefix, MANIFEST)
+        if manifest_key in keys:  # an llmship artifact: its manifest must be sound before any download
+            read_manifest_s3(s3, bucket, prefix, stage)
+        for key, target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, key, str(target), Config=config)
     except (StageFailed, BadInput):
@@ -178,7 +188,7 @@ def download_s3_prefix(url: str, dest: str | Path, endpoint_url: str | None = No
         raise _client_error(err, stage, url) from None
     manifest_path = dest / MANIFEST
     if manifest_path.is_file():
-        manifest = Manifest.model_validate_json(manifest_path.read_text())
+        manifest = parse_manifest(manifest_path.read_bytes(), f"s3://{bucket}/{_join(prefix, MANIFEST)}", stage)
         problems = verify_folder(dest, manifest)
         if problems:
             raise StageFailed(stage, url, "downloaded files do not match the manifest", "re-publish the artifact",

@@ -109,3 +109,9 @@ def prometheus(tmp_path):
     p = Prometheus(work).start()
     yield p
     p.stop()
+
+
+# The real control plane with the real KServe controller (tests/cluster): the KServe tests run there.
+from tests.cluster.fixtures import (  # noqa: E402,F401
+    kube_cluster, kube_cluster_factory, kube_namespace, pytest_runtest_makereport,
+)

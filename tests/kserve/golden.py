@@ -7,10 +7,12 @@ test_render.py fails when a file here differs from what the code renders now.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 from tasks.kserve.render import prometheus_rule, rbac, render_all, scaled_object, serving_runtime, to_yaml
+from tasks.monitoring import dashboard, dashboard_configmap
 from tasks.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +52,8 @@ def expected_files() -> dict[Path, str]:
     files[ROOT / "infra" / "keda" / "scaledobject-scale-to-zero.yaml"] = _dump([scaled_object(zero, prom)])
     files[ROOT / "infra" / "prometheus" / "prometheusrule.yaml"] = _dump([prometheus_rule(spec)])
     files[ROOT / "infra" / "rbac" / "rbac.yaml"] = _dump(rbac(spec))
+    files[ROOT / "infra" / "grafana" / "dashboard-configmap.yaml"] = _dump([dashboard_configmap(spec)])
+    files[ROOT / "infra" / "grafana" / "dashboard.json"] = json.dumps(dashboard(spec), indent=2) + "\n"  # for an import
     return files
 
 

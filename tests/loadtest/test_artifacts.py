@@ -24,6 +24,9 @@ def test_publish_prefect_artifacts():
     ids = publish()
     assert set(ids) == {"table", "markdown", "image"}
     md = Artifact.get("tiny-model-load-test-summary")
-    assert md is not None and "p99 TTFT 30.0 ms > limit 20 ms" in md.data and "data:image/png;base64," in md.data
+    assert md is not None and "p99 TTFT 30.0 ms > limit 20 ms" in md.data
+    image = Artifact.get("tiny-model-load-test-plot")
+    assert image is not None and image.data.startswith("data:image/png;base64,")  # the one copy of the plot
+    assert "data:image" not in md.data and f"/artifacts/artifact/{ids['image']}" in md.data  # linked, not inlined
     table = Artifact.get("tiny-model-load-test-latency")
     assert table is not None and "TTFT" in str(table.data)

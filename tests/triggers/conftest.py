@@ -215,3 +215,7 @@ def write_spec(folder: Path, name: str, source: str, store: Path | None = None) 
 def mlflow_body(kind: str, data: dict) -> bytes:
     entity, action = kind.rsplit(".", 1)
     return json.dumps({"entity": entity, "action": action, "timestamp": "2026-01-01T00:00:00+00:00", "data": data}).encode()
+
+
+# The real control plane (tests/cluster), for what serves on the KServe target.
+from tests.cluster.fixtures import kube_cluster, kube_namespace, pytest_runtest_makereport  # noqa: E402,F401

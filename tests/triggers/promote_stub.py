@@ -26,9 +26,10 @@ from tasks.spec import load_spec, parse_spec
 
 
 @flow(name="test-promote")
-def test_promote(spec_path: str | None = None, spec: dict | None = None) -> dict:
+def test_promote(spec_path: str | None = None, spec: dict | None = None, trigger: dict | None = None) -> dict:
     s = load_spec(spec_path) if spec_path else parse_spec(spec, "inline spec")
-    rec: dict = {"flow_run_id": str(flow_run.id), "name": s.name, "source": s.model.source, "spec": spec}
+    rec: dict = {"flow_run_id": str(flow_run.id), "name": s.name, "source": s.model.source, "spec": spec,
+                 "trigger": trigger}
     with promotion_slot(s):
         rec["start"] = time.time()
         version = None

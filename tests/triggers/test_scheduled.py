@@ -101,34 +101,29 @@ def test_no_tracking_uri_is_bad_input_without_retries(monkeypatch, tmp_path):
     assert "MLFLOW_TRACKING_URI" in err.value.render() and err.value.exit_code == 2
 
 
-def test_cron_reads_what_serves_from_the_inferenceservice(tracking, tmp_path):
-    """On kserve, what serves is the InferenceService's llmship.io annotations (Kubernetes API test server)."""
+def test_cron_reads_what_serves_from_the_cluster(tracking, kube_cluster, kube_namespace, tmp_path):
+    """On kserve, what serves is llmship's record on the cluster (ConfigMap llmship-<name>, as a
+    promotion writes it), on the real control plane (tests/cluster)."""
     from mlflow.tracking import MlflowClient
 
-    from tasks.kserve import render
+    from tasks.kserve import records
+    from tasks.kserve.cluster import Cluster
     from tasks.registry.champion import decide
     from tasks.spec import parse_spec
-    from tests.kserve.conftest import crd_doc
-    from tests.kserve.k8s_server import KubeServer
 
     c = MlflowClient(tracking)
     v1 = register_version(tracking, "kchamp", tmp_path, "one")
     v2 = register_version(tracking, "kchamp", tmp_path, "two")
     c.set_registered_model_alias("kchamp", "champion", v1)
-    with KubeServer() as k:
-        k.install_crd(crd_doc("InferenceService"))
-        spec = parse_spec({"name": "kchamp", "model": {"source": "models:/kchamp@champion"},
-                           "target": {"kind": "kserve", "namespace": "llm", "kubeconfig": str(k.kubeconfig(tmp_path / "kc"))}})
-        d = decide(spec)
-        assert d.promote and d.reason.startswith("nothing serves kchamp yet")  # no InferenceService: 404
-        k.store.put("serving.kserve.io", "inferenceservices", {
-            "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-            "metadata": {"name": "kchamp", "namespace": "llm", "annotations": {
-                render.ANN_REGISTRY_VERSION: v1, render.ANN_SOURCE: f"models:/kchamp/{v1}", render.ANN_DIGEST: "d" * 64}},
-            "spec": {"predictor": {"model": {"modelFormat": {"name": "vllm"}, "storageUri": "s3://b/kchamp"}}},
-        })
-        d = decide(spec)
-        assert not d.promote and d.reason == f"models:/kchamp@champion is {v1}, which already serves (inferenceservice/kchamp in llm)"
-        c.set_registered_model_alias("kchamp", "champion", v2)
-        d = decide(spec)
-        assert d.promote and d.reason == f"models:/kchamp@champion moved to {v2}; inferenceservice/kchamp in llm serves {v1}"
+    spec = parse_spec({"name": "kchamp", "model": {"source": "models:/kchamp@champion"},
+                       "target": {"kind": "kserve", "namespace": kube_namespace, "kubeconfig": str(kube_cluster.kubeconfig)}})
+    d = decide(spec)
+    assert d.promote and d.reason.startswith("nothing serves kchamp yet")
+    records.write_serving(Cluster.connect(spec), spec, records.ServingRecord(
+        revision="r" * 64, artifact_digest="d" * 64, source=f"models:/kchamp/{v1}", registry_version=v1, isvc="kchamp"))
+    where = f"ConfigMap llmship-kchamp in {kube_namespace}"
+    d = decide(spec)
+    assert not d.promote and d.reason == f"models:/kchamp@champion is {v1}, which already serves ({where})"
+    c.set_registered_model_alias("kchamp", "champion", v2)
+    d = decide(spec)
+    assert d.promote and d.reason == f"models:/kchamp@champion moved to {v2}; {where} serves {v1}"

@@ -10,7 +10,7 @@ from deployments.webhook import mlflow_signature, mlflow_signature_ok
 from tasks.concurrency import limit_name, target_key
 from tasks.errors import BadInput
 from tasks.registry import parse_models_uri
-from tasks.registry.champion import Serving, Wanted, _serves, serving_from_annotations
+from tasks.registry.champion import Serving, Wanted, _serves
 from tasks.spec import parse_spec
 from tests.triggers.conftest import write_spec
 
@@ -88,12 +88,6 @@ def test_what_serves_comparison():
     h = Wanted(registry="hf", tracks="hf://a/b@main", revision="f" * 40, pinned_source="hf://a/b@" + "f" * 40)
     assert _serves(h, Serving(where="x", source="hf://a/b@" + "f" * 40))
     assert not _serves(h, Serving(where="x", source="hf://a/b@" + "e" * 40))
-    from tasks.kserve import render  # the annotations the kserve area writes are the ones read here
-
-    ann = {render.ANN_REGISTRY_VERSION: "3", render.ANN_DIGEST: "abc", render.ANN_SOURCE: "models:/tiny/3"}
-    s = serving_from_annotations({"metadata": {"annotations": ann}}, "ns", "tiny")
-    assert (s.registry_version, s.artifact_digest, s.source) == ("3", "abc", "models:/tiny/3")
-    assert _serves(w, s)
 
 
 def test_prefect_yaml_deployments_and_trigger():
@@ -107,7 +101,10 @@ def test_prefect_yaml_deployments_and_trigger():
     assert names["champion"]["schedules"][0]["cron"]
     (trigger,) = deployment_triggers("promote", project)
     assert trigger.expect == {PROMOTION_EVENT}
-    assert trigger.parameters == {"spec": "{{ event.payload.spec }}"}
+    assert trigger.parameters["spec"] == "{{ event.payload.spec }}"
+    # the release record's trigger: which webhook delivery started the run
+    assert trigger.parameters["trigger"]["kind"] == "webhook"
+    assert trigger.parameters["trigger"]["delivery"] == "{{ event.payload.delivery }}"
     pools = {p["name"]: p["type"] for p in project["definitions"]["llmship_work_pools"]}
     assert pools == {"llmship-process": "process", "llmship-gpu": "kubernetes"}
     yaml.safe_dump(project)

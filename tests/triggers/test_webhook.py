@@ -68,6 +68,10 @@ def test_mlflow_alias_move_starts_a_promote_run(tracking, receiver, stub_runner,
         run = _flow_run(prefect_api, rec["flow_run_id"])
         assert run["parameters"]["spec"]["model"]["source"] == f"models:/viamlflow/{version}"
         assert run["parameters"]["spec"]["name"] == "viamlflow"
+        # the release record's trigger: the webhook delivery that started it
+        trig = rec["trigger"]
+        assert trig["kind"] == "webhook" and trig["registry"] == "mlflow" and trig["revision"] == str(version)
+        assert trig["delivery"] and trig["registry_event"].startswith("model_version_alias")
         assert "model_version_alias.created: models:/viamlflow@champion -> version" in receiver.log_text()
         # MLflow delivers each event on its own thread: the version.created one may come later
         deadline = time.monotonic() + 20
