@@ -171,7 +171,8 @@ def status(
         console.print("nothing serves (no state in the store)")
         return
     table = Table()
-    for col in ("name", "role", "artifact", "url", "pid", "alive", "processes", "since", "source"):
+    for col in ("name", "role", "serving revision", "artifact", "backend", "slot", "pid", "alive", "processes", "since",
+                "source"):
         table.add_column(col)
     left_over = []
     for role, r in records:
@@ -180,7 +181,8 @@ def status(
         if procs and not leader:
             left_over.append((f"{r.name} ({role}): pid {r.pid} is gone, but {len(procs)} of its processes still run",
                               r.name, procs))
-        table.add_row(r.name, role, r.artifact_digest[:12], r.base_url, str(r.pid), "yes" if leader else "NO",
+        table.add_row(r.name, role, (r.serving_revision or "-")[:12], r.artifact_digest[:12], r.base_url, r.slot or "-",
+                      str(r.pid), "yes" if leader else "NO",
                       f"{len(procs)} LEFT OVER" if procs and not leader else str(len(procs)), r.since, r.source)
     for log_path, procs in strays.items():
         name = Path(log_path).name.rsplit("-", 2)[0]
@@ -188,11 +190,30 @@ def status(
                           f"{log_path})", name, procs))
         table.add_row(name, "unrecorded", "-", "-", str(min(p.pid for p in procs)), "-", f"{len(procs)} LEFT OVER", "-", "-")
     console.print(table)
+    _front_doors_and_canaries(store_uri, sorted({r.name for _, r in records}))
     for line, name, procs in left_over:
         console.print(line, markup=False)
         for desc in describe_processes(procs):
             console.print(f"  {desc}", markup=False)
         console.print(f"  what to do: `llmship stop {name}` stops them", markup=False)
+
+
+def _front_doors_and_canaries(store_uri: str, names: list[str]) -> None:
+    """Each name's front door (the URL clients call, its backends and weights) and its canary's phase."""
+    from tasks.local import frontdoor
+    from tasks.local.state import state_file
+
+    for name in sorted(set(names) | set(frontdoor.list_frontdoors(store_uri))):
+        door = frontdoor.describe(store_uri, name)
+        if door is not None:
+            for line in door.lines():
+                console.print(line, markup=False)
+        canary = state_file(store_uri, name, "canary")
+        if canary.is_file():
+            rec = json.loads(canary.read_text())
+            step = f" at step {rec['step_index'] + 1} of {len(rec['plan'])}" if rec.get("plan") else ""
+            console.print(f"{name}: last canary {rec['candidate_revision'][:12]} {rec['phase']}{step}"
+                          f" ({rec.get('reason') or 'in progress'})", markup=False)
 
 
 @app.command()
@@ -235,6 +256,9 @@ for _area in (cli_loadtest, cli_kserve, cli_build, cli_triggers, cli_history, cl
 
 
 def main() -> None:
+    # Prefect's ephemeral mode (no PREFECT_API_URL) gives its temporary server 20 s to start; on a
+    # busy 2-core host its first start with a fresh PREFECT_HOME took 35 s. Set before Prefect reads it.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     try:
         app()
     except LlmshipError as err:  # an area's command that did not catch its own

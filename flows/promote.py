@@ -26,6 +26,7 @@ from tasks.canary.machine import Phase
 from tasks.release import Release, canary_facts, now_iso, quantization_facts, write_release
 from tasks.concurrency import promotion_slot, target_key
 from tasks.errors import LlmshipError, RolledBack, StageFailed
+from tasks.failpoints import crash_point
 from tasks.prefect_tasks import (
     build_task, canary_task, checklist_task, deploy_task, quality_task, download_task, load_test_task, output_exists, preflight_task,
     publish_task, quantize_task, resolve_task, warm_up_task,
@@ -42,14 +43,15 @@ STAGES = ("resolve", "download", "preflight", "checklist", "quantize", "build", 
 class Stages:
     """Runs stages as Prefect tasks and keeps the record the summary is made of."""
 
-    def __init__(self) -> None:
+    def __init__(self, spec: PromotionSpec) -> None:
+        self.spec = spec
         self.records: list[StageRecord] = []
         self.log = get_run_logger()
 
     def run(self, stage: str, task: Callable, *args: Any) -> Any:
         started = time.monotonic()
         state = task(*args, return_state=True)
-        if state.name == "Cached" and not output_exists(state.result()):
+        if state.name == "Cached" and not output_exists(state.result(), self.spec):
             self.log.warning("%s: cached result points at files that are gone; running it again", stage)
             state = task.with_options(refresh_cache=True)(*args, return_state=True)
         seconds = time.monotonic() - started
@@ -80,7 +82,7 @@ def promote_model(spec_path: str | None = None, spec: dict | None = None, trigge
     `trigger` says what started it (the CLI, a schedule, a registry webhook delivery); a
     deployment run without one is recorded as such."""
     the_spec = load_spec(spec_path) if spec_path else parse_spec(spec, "inline spec")
-    stages = Stages()
+    stages = Stages(the_spec)
     release = Release(name=the_spec.name, target=target_key(the_spec), trigger=trigger_facts(trigger),
                       spec_digest=the_spec.digest())
     result = PromotionResult(name=the_spec.name, outcome="failed")
@@ -149,6 +151,7 @@ def _promote(spec: PromotionSpec, stages: Stages, release: Release) -> Promotion
     release.quantization = quantization_facts(spec, model.path)
     artifact = stages.run("publish", publish_task, model, spec)
     release.artifact = artifact_facts(artifact)
+    crash_point("after-publish")
 
     result = roll_out(spec, stages, artifact, resolved, release)
     if result.outcome == "promoted" and resolved.registry_version:
@@ -169,6 +172,7 @@ def artifact_facts(artifact) -> dict:
 def roll_out(spec: PromotionSpec, stages: Stages, artifact, resolved, release: Release) -> PromotionResult:
     """deploy -> warm_up -> load_test -> canary, the same on every target."""
     deployment: Deployment = stages.run("deploy", deploy_task, spec, artifact, resolved)
+    crash_point("after-deploy")
     for note in deployment.notes:
         stages.note(note)
     release.serving_revision = {"digest": deployment.revision, "inputs": deployment.revision_inputs,

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from tasks.canary.figures import ServerWindow
 from tasks.canary.judge import Check, JudgeRules, Verdict, judge_step
+from tasks.failpoints import crash_point
 
 log = logging.getLogger("llmship.canary")
 
@@ -213,6 +214,7 @@ class CanaryMachine:
         if not self._healthy(health):
             return
         self.router.set_weight(percent)
+        crash_point(f"canary-step-{r.step_index + 1}")
         started = now_iso()
         obs = self.observer.observe(percent, self.policy.step_seconds)
         baseline, label = r.baseline()

@@ -12,10 +12,11 @@ candidate from the canary record, or rolls back another one first.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import re
 import time
+from pathlib import Path
 from datetime import datetime, timezone
 
 from tasks.canary.machine import CanaryRecord, Phase
@@ -160,26 +161,9 @@ def start_server(spec: PromotionSpec, artifact_path: str, digest: str, cpus: str
         t = spec.target
         return start_mlserver(artifact_path, spec.served_name, spec.engine.predictive, t.host, server.free_port(t.host),
                               log_path, kind=spec.engine.kind, startup_timeout_s=t.startup_timeout_s)
-    with _bound(cpus):
-        return server.start_vllm(artifact_path, spec.served_name, spec.engine.args, spec.target, log_path,
-                                 port=server.free_port(spec.target.host))
-
-
-@contextlib.contextmanager
-def _bound(cpus: str | None):
-    """VLLM_CPU_OMP_THREADS_BIND for the server being started (it copies this process' environment)."""
-    key = "VLLM_CPU_OMP_THREADS_BIND"
-    old = os.environ.get(key)
-    if cpus is not None:
-        os.environ[key] = cpus
-    try:
-        yield
-    finally:
-        if cpus is not None:
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
+    return server.start_vllm(artifact_path, spec.served_name, spec.engine.args, spec.target, log_path,
+                             port=server.free_port(spec.target.host),
+                             env_extra={"VLLM_CPU_OMP_THREADS_BIND": cpus} if cpus else None)
 
 
 def _verified(artifact: PublishedArtifact) -> str:
@@ -192,6 +176,18 @@ def _verified(artifact: PublishedArtifact) -> str:
         raise StageFailed(STAGE, artifact.local_path, "the artifact does not match its manifest",
                           "re-publish: delete the folder and re-run", detail="\n".join(problems))
     return artifact.local_path
+
+
+def _stop_unrecorded(spec: PromotionSpec) -> list[str]:
+    """Servers of this name that an interrupted run started but never recorded (killed while the
+    candidate was still starting): found by the log path each server carries in its environment."""
+    known = {r.log_path for _, r in list_records(spec.storage.uri) if r.log_path}
+    notes = []
+    for log_path, procs in server.unrecorded_servers(store_root(spec.storage.uri), known).items():
+        if re.fullmatch(rf"{re.escape(spec.name)}-[0-9a-f]{{12}}-\d{{8}}T\d{{6}}\.log", Path(log_path).name):
+            server.stop_processes(procs)
+            notes.append(f"stopped a server an interrupted run had started and not recorded ({Path(log_path).name})")
+    return notes
 
 
 def deploy_local(spec: PromotionSpec, artifact: PublishedArtifact, resolved: ResolvedModel,
@@ -216,6 +212,7 @@ def deploy_local(spec: PromotionSpec, artifact: PublishedArtifact, resolved: Res
                      decided_by="next run")
         notes.append(f"rolled back an unfinished promotion of {record.candidate_revision[:12]} ({why})")
     else:
+        notes += _stop_unrecorded(spec)
         leftover = read_record(spec.storage.uri, spec.name, "candidate")
         if leftover is not None:  # a crash before the canary record existed
             server.stop_server(leftover.pid)

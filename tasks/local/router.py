@@ -16,6 +16,7 @@ from tasks.canary.figures import Reading, ServerWindow, parse_reading
 from tasks.canary.judge import JudgeRules
 from tasks.canary.machine import CanaryMachine, CanaryRecord, Health, Observation, Policy
 from tasks.errors import StageFailed
+from tasks.failpoints import crash_point
 from tasks.local import frontdoor as fd
 from tasks.local import server
 from tasks.local.deploy import (
@@ -66,6 +67,7 @@ class FrontDoorRouter:
         if stable is not None and stable.slot and stable.slot != cand.slot:
             weights[stable.slot] = 0
         fd.set_weights(door, weights)
+        crash_point("promoting")  # the candidate takes all traffic, the stable pointer not moved yet
         write_record(self.store, cand.model_copy(update={"since": now_iso()}), "stable")
         clear_record(self.store, self.spec.name, "candidate")
         if stable is not None and stable.pid != cand.pid:
@@ -88,6 +90,7 @@ class FrontDoorRouter:
             others = {s.name: 0 for s in door.slots if s.name != stable.slot and s.server is not None
                       and s.state == "ready"}
             fd.set_weights(fd.load_frontdoor(self.store, self.spec.name) or door, {stable.slot: 100, **others})
+        crash_point("rolling-back")  # stable takes all traffic, the candidate still runs
         if cand is not None:
             if cand.slot:
                 fd.drain_slot(door, cand.slot, timeout_s=DRAIN_TIMEOUT_S, allow_empty=stable is None)

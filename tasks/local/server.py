@@ -224,9 +224,12 @@ def check_ready(base_url: str, served_name: str, timeout_s: float = 30.0) -> str
 
 
 def start_vllm(
-    model_dir: str, served_name: str, args: EngineArgs, target: LocalTarget, log_path: str | Path, port: int | None = None
+    model_dir: str, served_name: str, args: EngineArgs, target: LocalTarget, log_path: str | Path, port: int | None = None,
+    env_extra: dict[str, str] | None = None,
 ) -> Endpoint:
-    """Start vLLM and wait until it answers a real completion. Nothing is left running on failure."""
+    """Start vLLM and wait until it answers a real completion. Nothing is left running on failure.
+
+    `env_extra` is set in the server's environment (VLLM_CPU_OMP_THREADS_BIND, say)."""
     host = target.host
     if port is None:
         port = target.port or free_port(host)
@@ -241,6 +244,7 @@ def start_vllm(
     env[MARKER_ENV] = str(log_path)  # inherited by EngineCore and Workers: see the module docstring
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(target.cpu_kvcache_gib))))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(env_extra or {})
     cmd = vllm_command(model_dir, served_name, args, host, port)
     with log_path.open("ab") as log:
         log.write(("$ " + " ".join(cmd) + "\n").encode())

@@ -93,6 +93,17 @@ def _calib_kept(tokenizer, texts: list[str], max_len: int) -> tuple[list[str], i
 
 # ---- backends -------------------------------------------------------------------------------
 
+def _awq_without_triton_on_cpu(device: str) -> None:
+    """PyPI's torch brings triton, and autoawq then runs its triton GEMM kernels, which enter a
+    CUDA device context even for CPU tensors ("invalid argument to exchangeDevice"). On a CPU
+    autoawq is told triton is absent, so it dequantizes and multiplies, as it does without it."""
+    if device != "cpu":
+        return
+    import awq.modules.linear.gemm as awq_gemm
+
+    awq_gemm.TRITON_AVAILABLE = False
+
+
 def _llm_compressor(job: dict, tokenizer, device: str) -> dict:
     import torch
 
@@ -152,6 +163,7 @@ def _autoawq(job: dict, tokenizer, device: str) -> dict:
                        f"{job['max_seq_len']}-token block; autoawq would calibrate on nothing",
                        "give more calibration text (calibration.num_samples / calibration.file) or lower "
                        "calibration.max_seq_len")
+    _awq_without_triton_on_cpu(device)
     from awq import AutoAWQForCausalLM
 
     model = AutoAWQForCausalLM.from_pretrained(job["model_dir"])
@@ -178,6 +190,8 @@ def _load_awq_gemm(out_dir: str, device: str):
     plain dequantize-and-matmul path needs nothing, so build the model and swap the layers.
     """
     import torch
+
+    _awq_without_triton_on_cpu(device)
     from awq.modules.linear.gemm import WQLinear_GEMM
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -27,8 +27,9 @@ def publish_flow(model: LocalModel, spec: dict) -> tuple[PublishedArtifact, str]
     from tasks.prefect_tasks import publish_task
     from tasks.spec import parse_spec
 
-    stages = Stages()
-    artifact = stages.run("publish", publish_task, model, parse_spec(spec))
+    the_spec = parse_spec(spec)
+    stages = Stages(the_spec)
+    artifact = stages.run("publish", publish_task, model, the_spec)
     return artifact, stages.records[-1].state
 
 

@@ -39,6 +39,16 @@ def crd_doc(kind: str) -> dict:
                                   for n, d in v["versions"].items()]}}
 
 
+def gateway_crd(plural: str) -> dict:
+    """A Gateway API CRD, from the copy the test cluster's build keeps (infra/testcluster/build.sh)."""
+    from tests.cluster.harness import Binaries
+
+    folder = Binaries.locate().gateway_api_crds
+    if folder is None or not (folder / f"gateway.networking.k8s.io_{plural}.yaml").is_file():
+        pytest.fail("the Gateway API CRDs are not there: run `make testcluster`")
+    return yaml.safe_load((folder / f"gateway.networking.k8s.io_{plural}.yaml").read_text())
+
+
 def crd_before_0_20() -> dict:
     """The InferenceService CRD as KServe < 0.20 ships it: no spec.canary, no canaryStatuses."""
     doc = copy.deepcopy(crd_doc("InferenceService"))
@@ -52,7 +62,8 @@ def crd_before_0_20() -> dict:
 class Env:
     """One fake cluster: API server + KServe reconciler + kubeconfig."""
 
-    def __init__(self, tmp: Path, mode: str, version: str, config_mode: str | None, ready_delay_s: float = 2.0):
+    def __init__(self, tmp: Path, mode: str, version: str, config_mode: str | None, ready_delay_s: float = 2.0,
+                 gateway_api: bool = False):
         self.server = KubeServer().__enter__()
         s = self.server
         s.install_crd(crd_doc("InferenceService") if tuple(map(int, version.split(".")[:2])) >= (0, 20) else crd_before_0_20())
@@ -60,7 +71,10 @@ class Env:
         s.install_crd(crd_doc("LLMInferenceService"))
         s.store.put("", "configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
                                        "metadata": {"name": "inferenceservice-config", "namespace": "kserve"},
-                                       "data": {"deploy": json.dumps({"defaultDeploymentMode": config_mode or mode})}})
+                                       "data": {"deploy": json.dumps({"defaultDeploymentMode": config_mode or mode}),
+                                                "ingress": json.dumps({"enableGatewayApi": gateway_api})}})
+        if gateway_api:
+            s.install_crd(gateway_crd("httproutes"))
         s.store.put("apps", "deployments", {"apiVersion": "apps/v1", "kind": "Deployment",
                                             "metadata": {"name": "kserve-controller-manager", "namespace": "kserve"},
                                             "spec": {"selector": {"matchLabels": {"control-plane": "kserve-controller-manager"}},
@@ -69,7 +83,8 @@ class Env:
                                                 {"name": "manager", "image": f"kserve/kserve-controller:v{version}"}]}}}})
         # Model load takes a while in life; 2 s also lets Prometheus discover a new pod (file_sd
         # picks up a changed file in ~3 s here) before traffic reaches it.
-        self.reconciler = KServeReconciler(s.store, mode=mode, version=version, ready_delay_s=ready_delay_s).start()
+        self.reconciler = KServeReconciler(s.store, mode=mode, version=version, ready_delay_s=ready_delay_s,
+                                           gateway_api=gateway_api).start()
         self.kubeconfig = s.kubeconfig(tmp / "kubeconfig")
         self.store = s.store
 
@@ -88,8 +103,9 @@ class Env:
 def make_env(tmp_path):
     envs = []
 
-    def make(mode: str = "Knative", version: str = "0.20.0", config_mode: str | None = None) -> Env:
-        e = Env(tmp_path, mode, version, config_mode)
+    def make(mode: str = "Knative", version: str = "0.20.0", config_mode: str | None = None,
+             gateway_api: bool = False) -> Env:
+        e = Env(tmp_path, mode, version, config_mode, gateway_api=gateway_api)
         envs.append(e)
         return e
 

@@ -41,8 +41,10 @@ class IsvcState:
 
 
 class KServeReconciler:
-    def __init__(self, store: Store, mode: str = "Knative", version: str = "0.20.0", ready_delay_s: float = 0.3):
+    def __init__(self, store: Store, mode: str = "Knative", version: str = "0.20.0", ready_delay_s: float = 0.3,
+                 gateway_api: bool = False):
         self.store = store
+        self.gateway_api = gateway_api
         self.mode = mode  # status.deploymentMode to report: Knative / Serverless / Standard / RawDeployment
         self.version = tuple(int(x) for x in version.split(".")[:2])
         self.ready_delay_s = ready_delay_s
@@ -270,6 +272,7 @@ class KServeReconciler:
         for dname in list(st.deployments):
             if dname not in desired:  # removed canary, or the old stable after a promotion
                 self.store.delete("", "pods", ns, st.deployments.pop(dname).pod)
+                self.store.delete("apps", "deployments", ns, dname)
         stable = st.deployments[stable_dep]
         stable_ok = self._ready(stable)
         conds = [self._cond("IngressReady", True), self._cond("PredictorReady", stable_ok, "" if stable_ok else "DeploymentNotReady")]
@@ -291,23 +294,74 @@ class KServeReconciler:
                   "modelStatus": self._model_status(stable)}
         if cstatuses:
             status["canaryStatuses"] = cstatuses
+        if self.version >= (0, 21) and self.gateway_api:
+            self._httproute(ns, name, stable_dep, canaries, cstatuses)
         self._write_status(isvc, status)
 
+    def _httproute(self, ns: str, name: str, stable_dep: str, canaries: list, cstatuses: list) -> None:
+        """What KServe after v0.20 writes with ingress.enableGatewayApi (httproute_reconciler.go,
+        kserve PR 5912): one HTTPRoute whose backendRefs split by the ready canaries' percents."""
+        ready = {cs["name"] for cs in cstatuses if cs["ready"]}
+        refs = [{"name": f"{name}-{c['predictor']['name']}-predictor", "port": 80, "weight": c["trafficPercent"]}
+                for c in canaries if c["predictor"]["name"] in ready]
+        refs.insert(0, {"name": stable_dep, "port": 80, "weight": 100 - sum(r["weight"] for r in refs)})
+        route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                 "metadata": {"name": name, "namespace": ns,
+                              "ownerReferences": [{"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+                                                   "name": name, "uid": "x", "controller": True}]},
+                 "spec": {"parentRefs": [{"name": "kserve-ingress-gateway", "namespace": "kserve"}],
+                          "rules": [{"backendRefs": refs}]}}
+        cur = self.store.get("gateway.networking.k8s.io", "httproutes", ns, name)
+        if cur is None or cur.get("spec") != route["spec"]:
+            self.store.put("gateway.networking.k8s.io", "httproutes", route, validate=False)
+
     def _llmisvc(self, obj: dict) -> None:
-        """llm-d rolls LLMInferenceServices out itself; here it just becomes Ready after the delay."""
-        key = ("llmisvc", obj["metadata"]["namespace"], obj["metadata"]["name"], obj["metadata"]["generation"])
-        first = self.__dict__.setdefault("_llm_seen", {}).setdefault(key, time.monotonic())
-        if time.monotonic() < first + self.ready_delay_s or (obj.get("status") or {}).get("observedGeneration") == key[3]:
+        """An LLMInferenceService becomes Ready after the delay; members of a router.route group
+        get the group's status as KServe v0.20 writes it (llmisvc/router_group_status.go: each
+        member's effective weight, 0 and stopped under serving.kserve.io/stop)."""
+        ns, name, gen = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["metadata"]["generation"]
+        first = self.__dict__.setdefault("_llm_seen", {}).setdefault((ns, name), time.monotonic())
+        if time.monotonic() < first + self.ready_delay_s:
             return
-        obj["status"] = {"observedGeneration": key[3], "url": f"http://{key[2]}.{key[1]}.example.com",
-                         "conditions": [self._cond("Ready", True)]}
-        self.store.put(GROUP, "llminferenceservices", obj)
+        status = {"observedGeneration": gen, "url": f"http://{name}.{ns}.example.com",
+                  "conditions": [self._cond("Ready", True)]}
+        group = ((obj["spec"].get("router") or {}).get("route") or {}).get("group")
+        if group:
+            members = []
+            for m in self.store.list(GROUP, "llminferenceservices"):
+                route = (m["spec"].get("router") or {}).get("route") or {}
+                if m["metadata"]["namespace"] != ns or route.get("group") != group:
+                    continue
+                stopped = (m["metadata"].get("annotations") or {}).get("serving.kserve.io/stop") == "true"
+                members.append({"name": m["metadata"]["name"], "weight": 0 if stopped else route.get("weight", 0),
+                                **({"stopped": True} if stopped else {})})
+            status["router"] = {"group": {"name": group, "members": sorted(members, key=lambda x: x["name"])}}
+            pod = f"{name}-kserve-7f9c-x2k4p"
+            if self.store.get("", "pods", ns, pod) is None:
+                self.store.put("", "pods", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": ns},
+                                            "spec": {"containers": [{"name": "main"}]}, "status": {"phase": "Running"}},
+                               validate=False)
+        old = obj.get("status") or {}
+        strip = lambda st: json.dumps({**st, "conditions": [{k: v for k, v in c.items() if k != "lastTransitionTime"}
+                                                             for c in st.get("conditions") or []]}, sort_keys=True)
+        if strip(old) != strip(status):
+            cur = self.store.get(GROUP, "llminferenceservices", ns, name)
+            if cur is None or cur["metadata"]["resourceVersion"] != obj["metadata"]["resourceVersion"]:
+                return  # changed meanwhile: the next pass sees the new spec
+            cur["status"] = status
+            self.store.put(GROUP, "llminferenceservices", cur)
 
     # -- for the metrics fixture ---------------------------------------------------------
 
     def pod_traffic(self) -> list[tuple[str, str, str, float]]:
         """(namespace, pod, storageUri, percent of its InferenceService's traffic) for every pod."""
         out = []
+        for m in self.store.list(GROUP, "llminferenceservices"):  # a group splits by its members' weights
+            group = ((m.get("status") or {}).get("router") or {}).get("group") or {}
+            total = sum(x["weight"] for x in group.get("members") or []) or 1
+            mine = next((x["weight"] for x in group.get("members") or [] if x["name"] == m["metadata"]["name"]), 0)
+            out.append((m["metadata"]["namespace"], f"{m['metadata']['name']}-kserve-7f9c-x2k4p",
+                        m["spec"]["model"]["uri"], 100.0 * mine / total))
         for isvc in self.store.list(GROUP, PLURAL):
             ns, name = isvc["metadata"]["namespace"], isvc["metadata"]["name"]
             st = self.state.get((ns, name))

@@ -42,7 +42,8 @@ def test_llmship_deploy_registers_the_deployments(prefect_api):
             assert promote.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
             (automation,) = client.read_resource_related_automations(f"prefect.deployment.{promote.id}")
             assert automation.trigger.expect == {"llmship.promotion.requested"}
-            assert automation.actions[0].parameters == {"spec": "{{ event.payload.spec }}"}
+            params = automation.actions[0].parameters
+            assert params["spec"] == "{{ event.payload.spec }}" and params["trigger"]["kind"] == "webhook"
             champion = client.read_deployment_by_name("scheduled-promotion/champion")
             assert champion.parameters["promote_deployment"] == "promote_model/promote"
             (schedule,) = champion.schedules
