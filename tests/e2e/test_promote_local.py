@@ -146,9 +146,9 @@ def test_promotion_chain_behind_the_front_door(models, slow_model, store, tmp_pa
     assert rc == 0, log
     assert result["outcome"] == "promoted" and result["endpoint"] == url
     assert states(result) == {"resolve": "Completed", "download": "Completed", "preflight": "Completed",
-                              "quantize": "Skipped", "build": "Skipped", "publish": "Completed",
-                              "deploy": "Completed", "warm_up": "Completed", "load_test": "Completed",
-                              "canary": "Completed"}
+                              "checklist": "Completed", "quantize": "Skipped", "build": "Skipped",
+                              "publish": "Completed", "deploy": "Completed", "warm_up": "Completed",
+                              "load_test": "Completed", "quality": "Skipped", "canary": "Completed"}
     stable = read_stable(str(store), NAME)
     assert stable is not None and stable.serving_revision == result["revision"]
     assert completion_ok(url) and servers_behind(store) == [stable.base_url]
