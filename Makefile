@@ -52,7 +52,7 @@ system:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus haproxy >/dev/null; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus haproxy >/dev/null; fi; }
 
-demo: setup setup-mlserver system
+demo: setup system
 	test -f $(EXAMPLE_MODEL)/config.json || $(VENV)/bin/llmship example-model $(EXAMPLE_MODEL)
 	$(VENV)/bin/llmship promote examples/tiny-local.yaml
 	$(VENV)/bin/llmship status

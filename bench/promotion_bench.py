@@ -60,7 +60,10 @@ def canary_overhead(seconds: float, result: dict, store: Path, name: str) -> dic
     stable = json.loads((store / "state" / f"{name}.json").read_text())
     record = json.loads((store / "state" / f"{name}.canary.json").read_text())
     by_stage = {s["stage"]: s["seconds"] for s in result["stages"]}
-    windows = sum(s["candidate"].get("seconds", 0.0) for s in record["steps"])
+    steps = record["steps"]
+    windows = sum(s["candidate"].get("seconds", 0.0) for s in steps)
+    if any("sequential analysis" in (s.get("note") or "") for s in steps):
+        windows += sum(s["stable"].get("seconds", 0.0) for s in steps)  # stable's half of each step, loaded alone
     startup = stable["startup_s"] or 0.0
     return {"vLLM start-up": startup, "warm_up": by_stage.get("warm_up", 0.0), "load_test": by_stage.get("load_test", 0.0),
             "analysis windows": windows, "deploy less start-up": by_stage["deploy"] - startup,

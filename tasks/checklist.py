@@ -53,6 +53,7 @@ RULES: dict[str, tuple[Section, str]] = {
 }
 UTILIZATION_RANGE = (0.85, 0.95)
 P99_MIN_REQUESTS = 100  # below this a p99 is one or two requests: the slowest, not a percentile
+SPLIT_MIN_CPUS = 4  # a split canary loads two servers at once; on 2 cores they starve each other (measured)
 TINY_BATCH = 8  # max_num_seqs below this on a GPU leaves most of its compute idle
 LLM_KINDS = ("vllm", "tensorrt-llm")
 
@@ -434,7 +435,12 @@ def _batch_size(c: _Ctx):
 def _metrics(c: _Ctx):
     t = c.spec.target
     if not c.kserve:
-        return "pass", "the local canary reads each server's own /metrics", ""
+        cpus = len(os.sched_getaffinity(0))
+        if c.spec.canary.analysis == "split" and cpus < SPLIT_MIN_CPUS:
+            return ("warn", f"canary.analysis split on {cpus} CPUs: two loaded servers and the load generator share "
+                    "them, so the judge compares contention, not the models (bench/canary_split_bench.py: identical "
+                    "servers measured 0.02-68x apart on 2 cores)", "set canary.analysis: sequential on this host")
+        return "pass", f"the local canary reads each server's own /metrics ({c.spec.canary.analysis} analysis)", ""
     blind = [g.name for g in c.spec.canary.gates if not g.no_data_fails]
     if t.prometheus_url and (not c.spec.canary.no_data_fails or blind):
         which = "canary.no_data_fails is false" if not c.spec.canary.no_data_fails else f"gates {', '.join(blind)}"

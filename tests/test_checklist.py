@@ -321,3 +321,12 @@ def test_storage_s3_bucket_head(s3, aws_env):
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
     down = status(kserve(None, storage={"uri": "s3://models/m", "s3_endpoint_url": closed}), "storage")
     assert down[0] == "fail" and "unreachable" in down[1]
+
+
+def test_a_split_canary_on_a_small_host_warns(store, monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert status(local(store), "metrics")[0] == "pass"  # the example names sequential
+    got, why, todo = status(local(store, canary={"analysis": "split"}), "metrics")
+    assert got == "warn" and "2 CPUs" in why and "sequential" in todo
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    assert status(local(store, canary={"analysis": "split"}), "metrics")[0] == "pass"

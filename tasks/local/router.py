@@ -136,7 +136,7 @@ class LocalObserver:
         cand = read_record(spec.storage.uri, spec.name, "candidate")
         self.rounds += 1
         if spec.canary.analysis == "sequential" or stable is None:
-            return self._sequential(stable, cand, seconds)
+            return self._sequential(stable, cand, percent, seconds)
         door = front_door(spec)
         profile = spec.load.model_copy(update={"duration_s": seconds, "num_requests": None})
         before = {"s": _read(stable), "c": _read(cand)}
@@ -158,13 +158,15 @@ class LocalObserver:
             note=f"front door sent {share:.1f}% of {total} requests to the candidate (weight {percent}%)",
             traffic_share=share)
 
-    def _sequential(self, stable, cand, seconds: float) -> Observation:
+    def _sequential(self, stable, cand, percent: int, seconds: float) -> Observation:
         from tasks.loadtest import run_load_test
 
         spec = self.spec
         half = seconds / 2 if stable is not None else seconds
         profile = spec.load.model_copy(update={"duration_s": half, "num_requests": None})
         order = [("c", cand), ("s", stable)] if self.rounds % 2 else [("s", stable), ("c", cand)]
+        door = front_door(spec) if stable is not None else None
+        fig0 = fd.read_figures(door) if door else None
         windows = {}
         for role, rec in order:
             if rec is None:
@@ -174,8 +176,14 @@ class LocalObserver:
             windows[role] = ServerWindow.between(before, _read(rec), report.duration or half)
             if self.on_report:
                 self.on_report(None, "candidate" if role == "c" else "stable", report)
-        return Observation(candidate=windows["c"], stable=windows.get("s"),
-                           note="sequential analysis: each server loaded alone for half the step")
+        note, share = "sequential analysis: each server loaded alone for half the step", None
+        if door is not None:  # the synthetic load went around the door; what came through it is real clients'
+            sent = fd.read_figures(door).requests_since(fig0)
+            total = sum(sent.values())
+            if total:
+                share = 100 * sent.get(cand.slot, 0) / total
+                note += f"; the front door sent {share:.1f}% of {total} client requests to the candidate (weight {percent}%)"
+        return Observation(candidate=windows["c"], stable=windows.get("s"), note=note, traffic_share=share)
 
 
 def machine_for(spec: PromotionSpec, record: CanaryRecord, tokenizer: str | None, on_step=None,
