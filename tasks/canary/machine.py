@@ -234,7 +234,7 @@ class CanaryMachine:
             else:
                 self._move(Phase.PROMOTING, f"all {len(r.plan)} step(s) passed", decided_by="judge")
         elif j.verdict == Verdict.FAIL:
-            r.failed_checks += len(j.failed)
+            r.failed_checks += 1  # one failed window, however many gates it broke (Flagger counts the same way)
             r.attempt += 1
             if r.failed_checks > r.failure_limit:
                 self._move(Phase.ROLLING_BACK, f"{where}: {j.reason}; {r.failed_checks} failed check(s) > "
