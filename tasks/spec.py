@@ -339,7 +339,10 @@ class Gate(_Strict):
 class Canary(_Strict):
     steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100])
     step_duration_s: float = Field(20, gt=0)
-    failure_limit: int = Field(0, ge=0, description="failed analysis windows tolerated before rolling back; a window counts once however many gates it failed, and a failed step is analysed again")
+    failure_limit: int = Field(
+        0, ge=0, description="failed analysis windows tolerated before rolling back; a window counts once however "
+        "many gates it failed, and a failed step is analysed again",
+    )
     max_regression: float = Field(
         0.2, ge=0, description="the candidate's latency may exceed stable's by at most this fraction "
         "(p99 TTFT from Prometheus on KServe; each server's mean TTFT and TPOT on the local target)"

@@ -19,7 +19,7 @@ from tasks import targets
 from tasks.canary.machine import Phase
 from tasks.errors import BadInput, RolledBack, StageFailed
 from tasks.kserve import records
-from tasks.kserve.cluster import Cluster
+from tasks.kserve.cluster import RUNTIME, Cluster
 from tasks.kserve.render import inference_service, render_all, serving_runtime
 from tasks.spec import parse_spec
 from tasks.values import PublishedArtifact, ResolvedModel
@@ -290,3 +290,27 @@ def test_a_runtime_change_gets_its_own_runtime_and_the_stables_stays_unchanged(e
     assert rec.phase == Phase.SUCCEEDED, rec.reason
     assert env.isvc()["spec"]["predictor"]["model"]["runtime"] == new_rt
     assert cluster.get(RUNTIME, env.ns, old_rt) is None  # no InferenceService names it any more
+
+
+def test_an_update_that_loses_a_race_redoes_its_change_on_the_winners_version(env):
+    """Cluster.update against the real kube-apiserver's optimistic concurrency: another writer
+    between llmship's read and its replace gets llmship a 409; it re-reads and keeps both changes."""
+    spec = env.spec()
+    cluster = Cluster.connect(spec)
+    runtime = cluster.create(serving_runtime(spec))
+    name = runtime["metadata"]["name"]
+    seen = []
+
+    def change(cur):
+        seen.append(cur["metadata"]["resourceVersion"])
+        if len(seen) == 1:  # someone else writes after llmship read
+            other = cluster.get(RUNTIME, env.ns, name)
+            other["metadata"].setdefault("annotations", {})["someone"] = "else"
+            cluster.custom.replace_namespaced_custom_object(RUNTIME.group, RUNTIME.version, env.ns, RUNTIME.plural,
+                                                            name, other)
+        cur["metadata"].setdefault("labels", {})["llmship.io/raced"] = "yes"
+        return cur
+
+    out = cluster.update(RUNTIME, env.ns, name, change)
+    assert len(seen) == 2 and seen[0] != seen[1]  # the first replace was refused, the second read is fresh
+    assert out["metadata"]["labels"]["llmship.io/raced"] == "yes" and out["metadata"]["annotations"]["someone"] == "else"
