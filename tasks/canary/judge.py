@@ -90,7 +90,8 @@ class JudgeRules(BaseModel):
                 if v is not None}
 
 
-def _enough(w: ServerWindow | None, rules: JudgeRules) -> bool:
+def has_enough_traffic(w: ServerWindow | None, rules: JudgeRules) -> bool:
+    """A window says something only with `min_requests` requests and `min_output_tokens` tokens."""
     return w is not None and w.requests >= rules.min_requests and w.output_tokens >= rules.min_output_tokens
 
 
@@ -105,7 +106,7 @@ def judge_step(candidate: ServerWindow, stable: ServerWindow | None, rules: Judg
                baseline: ServerWindow | None = None, baseline_label: str = "",
                extra: list[Check] | None = None) -> StepJudgement:
     """The verdict on one window. `baseline` is stable's last window with enough traffic."""
-    if not _enough(candidate, rules):
+    if not has_enough_traffic(candidate, rules):
         return StepJudgement(verdict=Verdict.INCONCLUSIVE, reason=(
             f"the candidate served {candidate.requests:.0f} request(s) and {candidate.output_tokens:.0f} output token(s) "
             f"in {candidate.seconds:.0f} s; a step needs at least {rules.min_requests} and {rules.min_output_tokens}"))
@@ -122,8 +123,8 @@ def judge_step(candidate: ServerWindow, stable: ServerWindow | None, rules: Judg
         checks.append(Check(name=f"{key}-p99", ok=ok, value=p99, limit=f"max {limit:g} ms",
                             reason="no data" if p99 is None else f"p99 {p99:.1f} ms"))
 
-    base, label = (stable, "stable, same window") if _enough(stable, rules) else (baseline, baseline_label)
-    if base is not None and _enough(base, rules):
+    base, label = (stable, "stable, same window") if has_enough_traffic(stable, rules) else (baseline, baseline_label)
+    if base is not None and has_enough_traffic(base, rules):
         cand_share, base_share = goodput_share(candidate, rules), goodput_share(base, rules)
         if cand_share is not None and base_share is not None:
             floor = base_share * (1 - rules.max_regression)

@@ -28,7 +28,7 @@ from typing import Callable, Protocol
 from pydantic import BaseModel, Field
 
 from tasks.canary.figures import ServerWindow
-from tasks.canary.judge import Check, JudgeRules, Verdict, judge_step
+from tasks.canary.judge import Check, JudgeRules, Verdict, has_enough_traffic, judge_step
 from tasks.failpoints import crash_point
 
 log = logging.getLogger("llmship.canary")
@@ -102,10 +102,13 @@ class CanaryRecord(BaseModel):
     def passed_every_step(self) -> bool:
         return self.failed_checks == 0 and bool(self.steps) and all(s.verdict == Verdict.PASS for s in self.steps)
 
-    def baseline(self) -> tuple[ServerWindow | None, str]:
-        """Stable's last window with traffic, for steps where it has none (100%)."""
+    def baseline(self, rules: JudgeRules) -> tuple[ServerWindow | None, str]:
+        """Stable's last window with enough traffic, for steps where it has too little (99% or 100%).
+
+        A window with a request or two must not stand in: the judge would skip the comparison,
+        and a retried last step would pass on the SLO limits alone."""
         for s in reversed(self.steps):
-            if s.stable_window is not None and s.stable_window.requests > 0:
+            if has_enough_traffic(s.stable_window, rules):
                 return s.stable_window, f"stable at step {s.index + 1} ({s.percent}%)"
         return None, ""
 
@@ -217,7 +220,7 @@ class CanaryMachine:
         crash_point(f"canary-step-{r.step_index + 1}")
         started = now_iso()
         obs = self.observer.observe(percent, self.policy.step_seconds)
-        baseline, label = r.baseline()
+        baseline, label = r.baseline(self.rules)
         j = judge_step(obs.candidate, obs.stable, self.rules, baseline, label, obs.extra)
         step = StepRecord(index=r.step_index, percent=percent, attempt=r.attempt, started_at=started, verdict=j.verdict,
                           reason=j.reason, checks=j.checks, candidate=obs.candidate.figures(),

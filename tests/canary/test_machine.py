@@ -248,6 +248,18 @@ def test_full_step_compares_with_stables_last_window():
     assert any("stable at step 1 (50%)" in c.reason for c in last.checks if c.name.startswith("ttft"))
 
 
+def test_a_retried_last_step_still_compares_with_a_window_that_had_enough_traffic():
+    """At 99% stable serves a request or two. Such a window must not become the baseline: the
+    retry would skip the comparison and pass on the SLO limits alone (seen in CI, Knative mode)."""
+    slow, trickle = window(ttft_ms=30), window(requests=2)
+    m, _ = machine([GOOD, (slow, trickle), (slow, trickle)], plan=(50, 100), failure_limit=1)
+    rec = m.run()
+    assert rec.phase == Phase.ROLLED_BACK and rec.failed_checks == 2, rec.reason
+    for st in rec.steps[1:]:
+        check = next(c for c in st.checks if c.name == "ttft-p50-vs-stable")
+        assert not check.ok and "stable at step 1 (50%)" in check.reason
+
+
 def test_floor_absorbs_small_slowdowns():
     j = judge_step(window(ttft_ms=4.8), window(ttft_ms=3.0), RULES.model_copy(update={"max_regression": 0.1,
                                                                                      "regression_floor_ms": 5}))
