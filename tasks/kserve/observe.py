@@ -73,9 +73,26 @@ class PrometheusObserver:
         self.load_url = load_url  # target.canary_load_test: the URL the synthetic load goes to
         self.sleep = sleep
         self.on_report = on_report
+        self.candidate_seen = not candidate_pods
+
+    def wait_until_scraped(self, timeout_s: float) -> float:
+        """Seconds spent waiting for Prometheus's first sample of the candidate's pods.
+
+        increase() has nothing from before a series' first scrape, so a window that opens on a
+        pod Prometheus has not scraped yet undercounts it (its traffic share, its requests).
+        """
+        sel = f'namespace="{self.namespace}",pod=~"{self.candidate_pods}"'
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if analysis.query(self.spec.target.prometheus_url, f"count({E2E}_count{{{sel}}})"):
+                self.candidate_seen = True
+                break
+            self.sleep(0.5)
+        return time.monotonic() - started
 
     def observe(self, percent: int, seconds: float) -> Observation:
         spec = self.spec
+        waited = 0.0 if self.candidate_seen else self.wait_until_scraped(timeout_s=seconds)
         started = time.monotonic()
         note = "real traffic only"
         if self.load_url:
@@ -97,4 +114,6 @@ class PrometheusObserver:
         if stable is not None and (cand.requests + stable.requests) > 0:
             share = 100 * cand.requests / (cand.requests + stable.requests)
         extra = gate_checks(spec, self.namespace, self.candidate_pods, self.stable_pods, took, percent)
+        if waited >= 1:
+            note += f"; the window opened {waited:.0f} s late, once Prometheus had scraped the candidate"
         return Observation(candidate=cand, stable=stable, extra=extra, traffic_share=share, note=note)

@@ -190,7 +190,9 @@ def test_promotion_chain_behind_the_front_door(models, slow_model, store, tmp_pa
         assert "--max-num-seqs 8" in Path(new.log_path).read_text().splitlines()[0]
         assert not is_alive(stable.pid) and servers_behind(store) == [new.base_url]
         rec = canary_record(store)
-        assert rec["phase"] == "Succeeded" and [s["percent"] for s in rec["steps"]] == [25, 100]
+        # failure_limit 2: a window lost to the shared 2-core host is retried at the same weight
+        passed = [s["percent"] for s in rec["steps"] if s["verdict"] == "pass"]
+        assert rec["phase"] == "Succeeded" and passed == [25, 100], [(s["percent"], s["reason"]) for s in rec["steps"]]
         for step in rec["steps"]:  # the front door's own counts follow each step's weight
             assert abs(step["traffic_share"] - step["percent"]) <= 5, step
 

@@ -163,6 +163,7 @@ def test_standard_mode_that_splits_through_gateway_api(make_env, prometheus):
         isvc = env.isvc("tiny")
         assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://models/tiny/v2" and "canary" not in isvc["spec"]
         assert "name" not in isvc["spec"]["predictor"]  # the stable keeps its name and Service: tiny-predictor
-        assert any(abs((s.traffic_share or 0) - 50) <= 10 for s in rec.steps if s.percent == 50)
+        shares = [(s.percent, s.traffic_share, s.note) for s in rec.steps]
+        assert any(abs((s.traffic_share or 0) - 50) <= 10 for s in rec.steps if s.percent == 50), shares
     finally:
         m.stop()
