@@ -199,7 +199,7 @@ def test_promotion_chain_behind_the_front_door(models, slow_model, store, tmp_pa
         # 5. A much slower candidate meets the SLO but fails the comparison with stable.
         rc, result, log = promote(tmp_path, spec_for(slow_model, store, port), "v3-slow")
         assert rc == 1, log
-        assert result["outcome"] == "rolled_back" and states(result)["load_test"] == "Completed"
+        assert result["outcome"] == "rolled_back" and states(result)["load_test"] == "Completed", result["reason"]
         assert "vs-stable" in result["reason"], result["reason"]
         assert read_stable(str(store), NAME) == new and servers_behind(store) == [new.base_url]
         assert history(store)[-1]["event"] == "rolled_back" and not is_alive(history(store)[-1]["pid"])
