@@ -232,7 +232,7 @@ class LocalTarget(_Strict):
     port: int = Field(8000, ge=1024, le=65535, description="the front door's port: the served URL, fixed across promotions")
     startup_timeout_s: float = Field(600, gt=0)
     # Seen in CI on 2 cores: a candidate started beside a busy stable wrote nothing for 10 min, then
-    # went on; a fresh start of the same command comes up in about a minute.
+    # went on; a normal start there takes about a minute.
     startup_stall_s: float | None = Field(
         240, gt=0, description="start vLLM once more when its log has not grown for this long before /health "
         "answers (what each process was doing goes into its log); null never restarts",
