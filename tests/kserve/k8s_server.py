@@ -13,6 +13,10 @@ What it does like a real API server:
   when none is given, fieldSelector metadata.name / labelSelector, timeoutSeconds, 410 Gone;
 - pods/log, events, configmaps, deployments, and CRDs (apiextensions) for reads.
 Not implemented: server-side apply (415), json-patch (415), finalizers, auth.
+
+It is used only by test_source_only_modes.py, for what the real control plane built here cannot
+run (Knative mode, LLMInferenceService groups, KServe's Gateway API split after v0.20.0); all else
+runs on the real kube-apiserver (tests/kserve/test_real_cluster.py).
 """
 
 from __future__ import annotations
